@@ -1,0 +1,49 @@
+"""`build_dinomaly`: the paper's model from an encoder name, with the reference's init."""
+import torch
+from torch import nn
+
+from . import vit_encoder
+from .uad import ViTill
+from .vision_transformer import Block, bMlp
+
+# encoder blocks whose outputs are reconstructed (spec §3); large has twice the depth
+TARGET_LAYERS = {"small": [2, 3, 4, 5, 6, 7, 8, 9], "base": [2, 3, 4, 5, 6, 7, 8, 9],
+                 "large": [4, 6, 8, 10, 12, 14, 16, 18]}
+# two groups of four layers each: "loose" group-to-group reconstruction (paper §3.4)
+FUSE_LAYERS = [[0, 1, 2, 3], [4, 5, 6, 7]]
+
+
+def init_trainable(modules: nn.Module) -> None:
+    """Truncated normal std 0.01 cut at ±0.03 for Linear weights, zero biases; LayerNorm 1/0."""
+    for m in modules.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=0.01, a=-0.03, b=0.03)
+            if m.bias is not None:
+                nn.init.constant_(m.bias, 0)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.constant_(m.bias, 0)
+            nn.init.constant_(m.weight, 1.0)
+
+
+def build_dinomaly(encoder_name: str = "dinov2reg_vit_base_14", weights: str = "official",
+                   dropout: float = 0.2, device: str | torch.device | None = None,
+                   fused_attn: bool = True) -> ViTill:
+    """The Dinomaly model: frozen encoder, noisy bottleneck (`dropout`), 8 decoder blocks.
+
+    Built in the reference's order (encoder, bottleneck, decoder, move to `device`, then
+    init) so that for the same seed the initial weights equal the reference's — on CUDA
+    the init draws from the CUDA generator, as the reference's does.
+    `dropout=0.0` turns every dropout of the model off.
+    """
+    encoder = vit_encoder.load(encoder_name, weights, fused_attn=fused_attn)
+    size, _ = vit_encoder.parse_name(encoder_name)
+    dim, heads = encoder.embed_dim, encoder.num_heads
+    bottleneck = nn.ModuleList([bMlp(dim, dim * 4, dim, drop=dropout)])
+    decoder = nn.ModuleList(Block(dim, heads, mlp_ratio=4.0, qkv_bias=True, norm_eps=1e-8)
+                            for _ in range(8))
+    model = ViTill(encoder, bottleneck, decoder, target_layers=TARGET_LAYERS[size],
+                   fuse_layer_encoder=FUSE_LAYERS, fuse_layer_decoder=FUSE_LAYERS)
+    if device is not None:
+        model = model.to(device)
+    init_trainable(nn.ModuleList([bottleneck, decoder]))
+    return model

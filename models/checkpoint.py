@@ -1,0 +1,57 @@
+"""Loading Dinomaly checkpoints: this project's and the reference's (`model.state_dict()`)."""
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .vit_encoder import EncoderError, load_strict
+
+
+class CheckpointError(EncoderError):
+    """A checkpoint that is missing, unreadable or does not fit the model."""
+
+
+def convert_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Normalise keys to the reference's: a pure function, one rule per line."""
+    out = {}
+    for key, value in state_dict.items():
+        key = key.removeprefix("module.")  # saved from DistributedDataParallel
+        key = key.replace("_orig_mod.", "")  # saved from a torch.compile'd module
+        out[key] = value
+    return out
+
+
+def model_state_dict(obj: object, path: Path) -> dict[str, torch.Tensor]:
+    """The model part of a checkpoint file's content: a plain state_dict (the reference's
+    form and our `model.pth`) or a training checkpoint `{'model': state_dict, ...}`."""
+    if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
+        obj = obj["model"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"{path} holds no model state_dict")
+    return convert_state_dict(obj)
+
+
+def load_checkpoint(model: nn.Module, path: str | os.PathLike) -> nn.Module:
+    """Load a checkpoint into `model` strictly; returns the model.
+
+    A checkpoint with every key (reference `torch.save(model.state_dict())`, our
+    `model.pth`) replaces all weights; one with only the trainable part (`bottleneck.*`,
+    `decoder.*`) keeps the model's encoder. Any other mismatch → one error listing it.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise CheckpointError(f"cannot read checkpoint {path}: {err}") from None
+    state_dict = model_state_dict(obj, path)
+    if not any(k.startswith("encoder.") for k in state_dict):
+        state_dict = {**{k: v for k, v in model.state_dict().items() if k.startswith("encoder.")},
+                      **state_dict}
+    try:
+        load_strict(model, state_dict, f"checkpoint {path}")
+    except EncoderError as err:
+        raise CheckpointError(str(err)) from None
+    return model

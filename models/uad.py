@@ -1,0 +1,62 @@
+"""Dinomaly's reconstruction model (paper §3, Fig. 2): frozen encoder → noisy bottleneck →
+linear-attention decoder, compared group by group ("loose reconstruction", §3.4)."""
+import torch
+from torch import nn
+
+from .dinov2 import DinoVisionTransformer
+
+
+class ViTill(nn.Module):
+    """`forward(x)`: `(B, 3, H, W) -> (en, de)`, two lists of `len(fuse_layer_*)` maps
+    `B × C × H/14 × W/14` (encoder groups, decoder groups)."""
+
+    def __init__(self, encoder: DinoVisionTransformer, bottleneck: nn.ModuleList,
+                 decoder: nn.ModuleList, target_layers: list[int] = (2, 3, 4, 5, 6, 7, 8, 9),
+                 fuse_layer_encoder: list[list[int]] = ((0, 1, 2, 3, 4, 5, 6, 7),),
+                 fuse_layer_decoder: list[list[int]] = ((0, 1, 2, 3, 4, 5, 6, 7),)) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.bottleneck = bottleneck
+        self.decoder = decoder
+        self.target_layers = [int(i) for i in target_layers]
+        self.fuse_layer_encoder = [list(g) for g in fuse_layer_encoder]
+        self.fuse_layer_decoder = [list(g) for g in fuse_layer_decoder]
+
+    @staticmethod
+    def fuse_feature(feat_list: list[torch.Tensor]) -> torch.Tensor:
+        """Element-wise mean of equally shaped tensors."""
+        return torch.stack(feat_list, dim=1).mean(dim=1)
+
+    def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Outputs `(B, N, C)` of the target blocks; blocks past the last one never run."""
+        with torch.no_grad():
+            x = self.encoder.prepare_tokens(x)
+            en_list = []
+            for i, blk in enumerate(self.encoder.blocks[: self.target_layers[-1] + 1]):
+                x = blk(x)
+                if i in self.target_layers:
+                    en_list.append(x)
+        return en_list
+
+    def to_maps(self, tokens: torch.Tensor, n_h: int, n_w: int) -> torch.Tensor:
+        """Drop cls and register tokens: `(B, 1 + R + h·w, C) -> (B, C, h, w)`."""
+        B, _, C = tokens.shape
+        patches = tokens[:, 1 + self.encoder.num_register_tokens:, :]
+        return patches.permute(0, 2, 1).reshape(B, C, n_h, n_w).contiguous()  # B, N, C -> B, C, h, w
+
+    def forward(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        n_h, n_w = x.shape[-2] // self.encoder.patch_size, x.shape[-1] // self.encoder.patch_size
+        en_list = self.encode(x)
+        x = self.fuse_feature(en_list)  # all tokens, cls and registers included
+        for blk in self.bottleneck:
+            x = blk(x)
+        de_list = []
+        for blk in self.decoder:
+            x = blk(x)
+            de_list.append(x)
+        de_list = de_list[::-1]  # index 0 = last decoder block, mirrors the encoder order
+        en = [self.fuse_feature([en_list[i] for i in g]) for g in self.fuse_layer_encoder]
+        de = [self.fuse_feature([de_list[i] for i in g]) for g in self.fuse_layer_decoder]
+        en = [self.to_maps(e, n_h, n_w) for e in en]
+        de = [self.to_maps(d, n_h, n_w) for d in de]
+        return en, de

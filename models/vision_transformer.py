@@ -1,0 +1,92 @@
+"""Dinomaly's trainable parts: the noisy bottleneck and the linear-attention decoder block.
+
+References: Dinomaly (Guo et al., CVPR 2025) §3.2 "Noisy Bottleneck", §3.3 "Unfocused
+Linear Attention"; linear attention: Katharopoulos et al. 2020, "Transformers are RNNs",
+eq. 4-6 with the feature map φ(x) = elu(x) + 1.
+"""
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .mlp import Mlp
+
+
+class bMlp(nn.Module):
+    """Noisy bottleneck: Dropout → Linear(C, 4C) → GELU → Dropout → Linear(4C, C) → Dropout.
+
+    `(B, N, C) -> (B, N, C)`. Dropout on the *input* is what makes it a denoising
+    bottleneck (paper §3.2): the decoder must restore features it never sees intact.
+    One Dropout module serves all three places, in this order, as in the reference.
+    """
+
+    def __init__(self, in_features: int, hidden_features: int | None = None,
+                 out_features: int | None = None, drop: float = 0.0) -> None:
+        super().__init__()
+        out_features = out_features or in_features
+        hidden_features = hidden_features or in_features
+        self.fc1 = nn.Linear(in_features, hidden_features)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden_features, out_features)
+        self.drop = nn.Dropout(drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.drop(x)
+        x = self.fc1(x)
+        x = self.act(x)
+        x = self.drop(x)
+        x = self.fc2(x)
+        x = self.drop(x)
+        return x
+
+
+class LinearAttention2(nn.Module):
+    """Linear attention, `(B, N, C) -> (B, N, C)`.
+
+    Per head, with `q' = elu(q) + 1`, `k' = elu(k) + 1`:
+    `out_i = q'_i · (Σ_j k'_j v_jᵀ) / (q'_i · Σ_j k'_j)`, then the output projection.
+    No softmax, no scale: the attention stays "unfocused" (paper §3.3), which keeps the
+    decoder from copying the identity mapping.
+    """
+
+    def __init__(self, dim: int, num_heads: int = 8, qkv_bias: bool = False) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, N, C = x.shape
+        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, C // self.num_heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 × (B, heads, N, hd)
+        q = F.elu(q) + 1.0
+        k = F.elu(k) + 1.0
+        kv = torch.einsum("...sd,...se->...de", k, v)  # B, heads, hd, hd: Σ_j k'_j v_jᵀ
+        z = 1.0 / torch.einsum("...sd,...d->...s", q, k.sum(dim=-2))  # B, heads, N
+        x = torch.einsum("...de,...sd,...s->...se", kv, q, z)  # B, heads, N, hd
+        x = x.transpose(1, 2).reshape(B, N, C)  # B, heads, N, hd -> B, N, C
+        x = self.proj(x)
+        return x
+
+
+LinearAttention = LinearAttention2  # the paper's name
+
+
+class Block(nn.Module):
+    """Pre-norm decoder block, `(B, N, C) -> (B, N, C)`; no LayerScale, no drop path."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = True,
+                 norm_eps: float = 1e-8) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
+        self.attn = LinearAttention2(dim, num_heads, qkv_bias=qkv_bias)
+        self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        x = x + self.mlp(self.norm2(x))
+        return x
+
+
+NoisyBottleneck = bMlp  # the paper's name
+LinearAttentionBlock = Block

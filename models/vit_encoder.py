@@ -1,0 +1,160 @@
+"""Frozen DINOv2 encoders by name, with their official weights.
+
+`load('dinov2reg_vit_base_14')` builds the ViT, finds the official checkpoint (downloaded
+once into the cache folder), loads it strictly and freezes it.
+
+Cache folder: `$DINOMALY_CACHE` if set, else `~/.cache/dinomaly`. Offline, put the file
+named in the error message at the path it gives, or pass `weights=<path to .pth>`.
+"""
+import os
+import sys
+import tempfile
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .dinov2 import DinoVisionTransformer
+
+# size -> (embed_dim, depth, num_heads); spec §2
+ARCHS = {"small": (384, 12, 6), "base": (768, 12, 12), "large": (1024, 24, 16)}
+ENCODER_NAMES = tuple(f"{family}_vit_{size}_14" for family in ("dinov2reg", "dinov2")
+                      for size in ARCHS)
+URL_ROOT = "https://dl.fbaipublicfiles.com/dinov2"
+
+
+class EncoderError(ValueError):
+    """A bad encoder name or weights that cannot be found, fetched or loaded."""
+
+
+def parse_name(name: str) -> tuple[str, int]:
+    """`'dinov2reg_vit_base_14' -> ('base', 4)`: size and number of register tokens."""
+    if name not in ENCODER_NAMES:
+        raise EncoderError(f"unknown encoder {name!r}; valid names: {', '.join(ENCODER_NAMES)}")
+    family, _, size, _ = name.split("_")
+    return size, 4 if family == "dinov2reg" else 0
+
+
+def checkpoint_url(name: str) -> str:
+    """Official checkpoint URL, e.g. `.../dinov2_vitb14/dinov2_vitb14_reg4_pretrain.pth`."""
+    size, n_reg = parse_name(name)
+    arch = f"vit{size[0]}14"
+    suffix = "_reg4" if n_reg else ""
+    return f"{URL_ROOT}/dinov2_{arch}/dinov2_{arch}{suffix}_pretrain.pth"
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("DINOMALY_CACHE") or Path.home() / ".cache" / "dinomaly")
+
+
+def cached_path(name: str) -> Path:
+    """Where the official checkpoint of `name` lives (or will live) in the cache."""
+    return cache_dir() / checkpoint_url(name).rsplit("/", 1)[1]
+
+
+def download(url: str, dst: Path, progress: bool = True) -> Path:
+    """Download `url` to `dst` atomically: a temporary file in the same folder, a size
+    check against Content-Length, then `os.replace`. A failed download leaves nothing."""
+    from tqdm import tqdm
+
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=dst.name + ".", suffix=".partial")
+    try:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=30) as resp:
+            expected = int(resp.headers.get("Content-Length") or 0)
+            with tqdm(total=expected or None, unit="B", unit_scale=True, disable=not progress,
+                      desc=dst.name, file=sys.stderr) as bar:
+                while chunk := resp.read(1 << 20):
+                    out.write(chunk)
+                    bar.update(len(chunk))
+            out.flush()
+            os.fsync(out.fileno())
+            size = out.tell()
+        if expected and size != expected:
+            raise OSError(f"incomplete download: {size} of {expected} bytes")
+        os.replace(tmp, dst)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return dst
+
+
+def official_weights(name: str, progress: bool = True) -> Path:
+    """Path of the official checkpoint for `name`, downloading it once if needed."""
+    path = cached_path(name)
+    if path.is_file():
+        return path
+    url = checkpoint_url(name)
+    try:
+        return download(url, path, progress)
+    except (urllib.error.URLError, OSError, TimeoutError) as err:
+        raise EncoderError(
+            f"could not download the {name} weights from {url} ({err}). "
+            f"Download that file on a machine with internet access and put it at {path} "
+            f"(or set DINOMALY_CACHE to the folder holding it, or pass the .pth path as the "
+            f"weights, e.g. --encoder_weights /path/to/file.pth).") from None
+
+
+def build(name: str, fused_attn: bool = True) -> DinoVisionTransformer:
+    """An untrained DINOv2 ViT of the named size (random init, official init scheme)."""
+    size, n_reg = parse_name(name)
+    dim, depth, heads = ARCHS[size]
+    # init_values 1e-8 and offset 0.1: what the reference passes when it builds the encoder
+    return DinoVisionTransformer(img_size=518, patch_size=14, embed_dim=dim, depth=depth,
+                                 num_heads=heads, init_values=1e-8,
+                                 num_register_tokens=n_reg, interpolate_offset=0.1,
+                                 fused_attn=fused_attn)
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """A state_dict from a `.pth` file, unwrapped from `{'model': ...}` style containers."""
+    path = Path(path)
+    if not path.is_file():
+        raise EncoderError(f"encoder weights file not found: {path}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise EncoderError(f"cannot read encoder weights {path}: {err}") from None
+    for key in ("model", "state_dict", "teacher"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+    if not isinstance(obj, dict):
+        raise EncoderError(f"{path} holds no state_dict")
+    return obj
+
+
+def load_strict(module: nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
+    """`load_state_dict(strict=True)`, with every missing, unexpected or mis-shaped key
+    reported in one error that names `source`."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(own))
+    mis_shaped = [f"{k} {tuple(state_dict[k].shape)} (expected {tuple(own[k].shape)})"
+                  for k in own if k in state_dict and state_dict[k].shape != own[k].shape]
+    problems = [f"{label}: {', '.join(keys[:10])}{' …' if len(keys) > 10 else ''} ({len(keys)})"
+                for label, keys in (("missing", missing), ("unexpected", unexpected),
+                                    ("shape mismatch", mis_shaped)) if keys]
+    if problems:
+        raise EncoderError(f"{source} does not fit this model — " + "; ".join(problems)
+                           + ". Is it a checkpoint of another encoder size or family?")
+    module.load_state_dict(state_dict, strict=True)
+
+
+def load(name: str, weights: str | os.PathLike = "official",
+         fused_attn: bool = True) -> DinoVisionTransformer:
+    """A frozen DINOv2 encoder (`eval()`, `requires_grad=False`).
+
+    Args:
+        name: one of `ENCODER_NAMES`, e.g. `'dinov2reg_vit_base_14'`.
+        weights: `'official'` (download once, then the cache), `'random'` (no
+            pretraining: tests, smoke runs) or a path to a `.pth` in the official format.
+        fused_attn: `F.scaled_dot_product_attention` (True) or the explicit form.
+    """
+    model = build(name, fused_attn)
+    if weights != "random":
+        path = official_weights(name) if weights == "official" else Path(weights)
+        load_strict(model, read_state_dict(path), f"encoder weights {path}")
+    model.requires_grad_(False)
+    return model.eval()
