@@ -1,0 +1,279 @@
+"""metrics.py against plain oracles written here, scikit-learn, brute force, and values
+computed by the reference's own code in its own environment."""
+import hashlib
+import math
+from statistics import mean
+
+import numpy as np
+import pytest
+from skimage import measure
+from sklearn.metrics import auc, average_precision_score, precision_recall_curve, roc_auc_score
+
+import metrics
+from metrics import average_precision, binary_metrics, compute_pro, f1_score_max, pro_thresholds, roc_auc
+
+
+# ----------------------------------------------------------------------------- oracles
+
+def reference_pro(masks, amaps, num_th=200):
+    """The reference's compute_pro, written plainly (no pandas). Its numpy (< 1.24)
+    computed `(max - min) / num_th` in float64 and `amaps > th` in the map's dtype;
+    spelled out so that numpy 2 does the same."""
+    min_th, max_th = amaps.min(), amaps.max()
+    delta = np.float64(max_th - min_th) / num_th
+    rows = []
+    for th in np.arange(min_th, max_th, delta):
+        binary = amaps > amaps.dtype.type(th)
+        pros = [binary[i][region.coords[:, 0], region.coords[:, 1]].sum() / region.area
+                for i, mask in enumerate(masks) for region in measure.regionprops(measure.label(mask))]
+        inverse = 1 - masks.astype(np.int64)
+        fpr = np.logical_and(inverse, binary).sum() / inverse.sum()
+        rows.append((mean(pros), fpr))
+    pro, fpr = np.array(rows).T
+    keep = fpr < 0.3
+    return auc(fpr[keep] / fpr[keep].max(), pro[keep])
+
+
+def reference_f1_max(y_true, y_score):
+    precs, recs, _ = precision_recall_curve(y_true, y_score)
+    return (2 * precs * recs / (precs + recs + 1e-7))[:-1].max()
+
+
+def brute_force_f1_max(y_true, y_score):
+    """F1 = 2PR/(P+R+1e-7) at every distinct score as threshold (score >= t)."""
+    best = -1.0
+    for t in np.unique(y_score):
+        predicted = y_score >= t
+        tp = np.sum(predicted & y_true)
+        precision, recall = tp / predicted.sum(), tp / y_true.sum()
+        best = max(best, 2 * precision * recall / (precision + recall + 1e-7))
+    return best
+
+
+# ----------------------------------------------------------------------------- synthetic data
+
+def synthetic_case(seed: int, n: int = 6, h: int = 32, w: int = 40, levels: int = 0):
+    """Masks (N x H x W bool) with elliptic regions, image 0 without anomaly, a region
+    touching the border in the last image; maps = noise + a per-image bump on the
+    regions, quantised to `levels` values per unit when levels > 0 (ties). All in
+    float64 from Generator.random, so numpy 1.x and 2.x build the same arrays."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:h, :w]
+    masks = np.zeros((n, h, w), dtype=bool)
+    for i in range(1, n):
+        for _ in range(1 + i % 3):
+            cy, cx = rng.random(2) * [h, w]
+            ry, rx = 1 + rng.random(2) * [h / 4, w / 4]
+            masks[i] |= ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1
+    masks[n - 1, :3, :] = True
+    amaps = rng.random((n, h, w)) * 0.6 + masks * 0.5 * rng.random((n, 1, 1))
+    if levels:
+        amaps = np.round(amaps * levels) / levels
+    return masks, amaps.astype(np.float32)
+
+
+def on_threshold_case(seed: int, n: int = 4, h: int = 24, w: int = 24):
+    """Maps whose values sit exactly on the float32-rounded thresholds of
+    np.arange(0, 1, 1/200): `amap > th` in float32 (the reference's numpy) and in
+    float64 (numpy 2 running the reference's code) disagree on many pixels."""
+    masks, _ = synthetic_case(seed, n=n, h=h, w=w)
+    rng = np.random.default_rng(seed + 100)
+    grid = np.arange(np.float32(0), np.float32(1), np.float64(np.float32(1) - np.float32(0)) / 200)
+    amaps = grid[(rng.random((n, h, w)) * 200).astype(np.int64)].astype(np.float32)
+    amaps[masks] = np.minimum(amaps[masks] + np.float32(0.25), np.float32(0.995))
+    amaps[0, 0, 0], amaps[0, 0, 1] = 0, 1
+    return masks, amaps
+
+
+# Values returned by the reference's own utils.compute_pro / f1_score_max (verbatim,
+# pandas DataFrame.append and np.bool included) and scikit-learn's roc_auc_score /
+# average_precision_score, run under numpy 1.23.5, pandas 1.5.3, scikit-learn 1.2.2,
+# scikit-image 0.20.0 on the cases above. Key: "seed,levels,int masks";
+# levels -1 = on_threshold_case.
+REFERENCE_RUN = {
+    "0,0,0": dict(sha1="c112e211e21b14fa462df9ef54d34052d99ee27c", n_thresholds=200, aupro=0.719072367943256,
+                  auroc=0.8631281394104084, ap=0.6847635744395731, f1=0.661177916431828),
+    "1,0,1": dict(sha1="809ed96c3e56d8f17fb44c7bada844e5dacebf1e", n_thresholds=200, aupro=0.5643313457401736,
+                  auroc=0.7266122856146164, ap=0.48618696844581605, f1=0.48700169626061696),
+    "2,20,0": dict(sha1="b9ce10cc93d29084545033ed759259b6cd882253", n_thresholds=200, aupro=0.4315531981022953,
+                   auroc=0.7989912437724088, ap=0.5680005450425288, f1=0.5425912274618562),
+    "3,7,1": dict(sha1="eb5d496aecdee170e6ee8784b3d43a45308016ca", n_thresholds=200, aupro=0.4375122054014867,
+                  auroc=0.8251515869407932, ap=0.567271026214491, f1=0.5777166026575676),
+    "4,0,0": dict(sha1="d9409fa52533e26f90f2f01c47c7bf6fffcc7306", n_thresholds=200, aupro=0.37555086359154094,
+                  auroc=0.6821982116141283, ap=0.3988473208446724, f1=0.3673125226684217),
+    "5,50,0": dict(sha1="a5f77e2f3b8b68acbb2eeec4747d6f13ea9ec7c2", n_thresholds=200, aupro=0.4126103551379336,
+                   auroc=0.67591942476872, ap=0.33834446997413337, f1=0.35096771299762985),
+    "2,0,0": dict(sha1="94a06015d84b3ebcdade7f8cbbf29013dcf4dec2", n_thresholds=201, aupro=0.43264984762646885,
+                  auroc=0.800220616120872, ap=0.6078101593888044, f1=0.5997267335890172),
+    "15,0,1": dict(sha1="3a72238b9e04255053345a316b2a78dcafa14cdb", n_thresholds=201, aupro=0.7329228396008242,
+                   auroc=0.850920800137992, ap=0.6755110420226431, f1=0.6827794112248001),
+    "0,-1,0": dict(sha1="d06d4adb9511c7db88a1e98a0b872e459ec70669", n_thresholds=200, aupro=0.400549432059725,
+                   auroc=0.7090004721840659, ap=0.35013314668422835, f1=0.3959044008526632),
+    "1,-1,1": dict(sha1="caa34df3264075608f62454c13bc1889dee5b590", n_thresholds=200, aupro=0.3811002469396481,
+                   auroc=0.7124752905235414, ap=0.428697726544451, f1=0.4100227441119575),
+}
+
+
+@pytest.mark.parametrize("key", REFERENCE_RUN)
+def test_equals_the_reference_run(key):
+    expected = REFERENCE_RUN[key]
+    seed, levels, int_masks = map(int, key.split(","))
+    masks, amaps = synthetic_case(seed, levels=levels) if levels >= 0 else on_threshold_case(seed)
+    digest = hashlib.sha1(masks.tobytes() + amaps.tobytes()).hexdigest()
+    assert digest == expected["sha1"], "numpy built different synthetic data than the reference run"
+    assert len(pro_thresholds(amaps)) == expected["n_thresholds"]
+    aupro = compute_pro(masks.astype(np.uint8) if int_masks else masks, amaps)
+    assert aupro == pytest.approx(expected["aupro"], abs=1e-12)
+    auroc, ap, f1 = binary_metrics(masks.ravel(), amaps.ravel())
+    assert auroc == pytest.approx(expected["auroc"], abs=1e-12)
+    assert ap == pytest.approx(expected["ap"], abs=1e-12)
+    assert f1 == pytest.approx(expected["f1"], abs=1e-12)
+
+
+def test_on_threshold_maps_follow_the_float32_comparison():
+    """Pins the reference numpy's float32 comparison: numpy 2 running the reference's
+    code (float64 comparison, float32 delta) gives a visibly different value here."""
+    masks, amaps = on_threshold_case(0)
+    min_th, max_th = amaps.min(), amaps.max()
+    numpy2_reading = []
+    for th in np.arange(min_th, max_th, (max_th - min_th) / 200):
+        binary = amaps > th
+        pros = [binary[i][r.coords[:, 0], r.coords[:, 1]].sum() / r.area
+                for i, m in enumerate(masks) for r in measure.regionprops(measure.label(m))]
+        numpy2_reading.append((mean(pros), (binary & ~masks).sum() / (~masks).sum()))
+    pro, fpr = np.array(numpy2_reading).T
+    keep = fpr < 0.3
+    other = auc(fpr[keep] / fpr[keep].max(), pro[keep])
+    assert abs(compute_pro(masks, amaps) - other) > 1e-4
+    assert compute_pro(masks, amaps) == pytest.approx(reference_pro(masks, amaps), abs=1e-12)
+
+
+# ----------------------------------------------------------------------------- compute_pro
+
+@pytest.mark.parametrize("seed,levels,dtype", [
+    (10, 0, bool), (11, 0, np.int64), (12, 3, bool), (13, 12, np.float32), (14, 1000, np.uint8)])
+def test_compute_pro_equals_the_plain_procedure(seed, levels, dtype):
+    masks, amaps = synthetic_case(seed, n=5, h=20, w=24, levels=levels)
+    amaps[2] = amaps[2].mean()  # one constant map among the others
+    expected = reference_pro(masks, amaps)
+    assert compute_pro(masks.astype(dtype), amaps) == pytest.approx(expected, abs=1e-9)
+
+
+def test_compute_pro_with_201_thresholds():
+    seed = next(s for s in range(100) if len(pro_thresholds(synthetic_case(s, n=3, h=16, w=16)[1])) == 201)
+    masks, amaps = synthetic_case(seed, n=3, h=16, w=16)
+    thresholds = np.arange(amaps.min(), amaps.max(), np.float64(amaps.max() - amaps.min()) / 200)
+    assert len(thresholds) == 201
+    assert np.array_equal(pro_thresholds(amaps), thresholds)
+    assert compute_pro(masks, amaps) == pytest.approx(reference_pro(masks, amaps), abs=1e-9)
+
+
+def test_compute_pro_single_region_touching_the_border_and_diagonal_contact():
+    rng = np.random.default_rng(3)
+    masks = np.zeros((3, 12, 12), dtype=bool)
+    masks[1, 0:4, 8:12] = True  # one region in the corner
+    masks[1, 4, 7] = True  # touches it only diagonally: same region with 8-connectivity
+    assert measure.label(masks[1]).max() == 1
+    amaps = (rng.random((3, 12, 12)) + masks * rng.random((3, 12, 12))).astype(np.float32)
+    assert compute_pro(masks, amaps) == pytest.approx(reference_pro(masks, amaps), abs=1e-9)
+
+
+def test_compute_pro_in_several_chunks(monkeypatch):
+    """Stacks of images processed in steps give the same sums as one step."""
+    masks, amaps = synthetic_case(21, n=7, h=16, w=20, levels=9)
+    whole = compute_pro(masks, amaps)
+    monkeypatch.setattr(metrics, "_PRO_CHUNK_PIXELS", 2 * 16 * 20)
+    assert compute_pro(masks, amaps) == pytest.approx(whole, abs=1e-12)
+    assert whole == pytest.approx(reference_pro(masks, amaps), abs=1e-9)
+
+
+def test_compute_pro_perfect_and_inverted():
+    masks, _ = synthetic_case(7, n=4, h=16, w=16)
+    rng = np.random.default_rng(7)
+    perfect = (rng.random(masks.shape) * 0.1 + masks).astype(np.float32)
+    assert compute_pro(masks, perfect) == pytest.approx(1.0, abs=1e-12)
+    assert compute_pro(masks, -perfect) < 0.05
+
+
+def test_compute_pro_undefined_cases_give_nan():
+    masks, amaps = synthetic_case(8, n=3, h=16, w=16)
+    assert math.isnan(compute_pro(np.zeros_like(masks), amaps))  # no anomalous pixel
+    assert math.isnan(compute_pro(np.ones_like(masks), amaps))  # no normal pixel
+    assert math.isnan(compute_pro(masks, np.full(amaps.shape, 0.5, np.float32)))  # constant maps
+    with pytest.raises(ValueError):
+        compute_pro(masks.astype(np.float32) * 0.5, amaps)  # not a 0/1 mask
+    amaps[0, 0, 0] = np.nan
+    with pytest.raises(ValueError):
+        compute_pro(masks, amaps)
+
+
+def test_thresholds_below_equals_searchsorted_at_the_edges():
+    """Scores exactly on, just above and just below every threshold, and thresholds
+    that float32 rounding makes equal."""
+    for low, high in [(0.0, 1.0), (0.1234, 0.98765), (1.0, 1.0 + 3e-7), (-0.5, 2.0)]:
+        amaps = np.array([low, high], dtype=np.float32)
+        thresholds = pro_thresholds(amaps).astype(np.float32)
+        scores = np.concatenate([thresholds, np.nextafter(thresholds, np.float32(np.inf)),
+                                 np.nextafter(thresholds, np.float32(-np.inf)), amaps])
+        scores = np.clip(scores, amaps[0], amaps[1]).astype(np.float32)
+        expected = np.searchsorted(thresholds, scores, side="left")
+        assert np.array_equal(metrics._thresholds_below(thresholds, scores), expected)
+
+
+# ----------------------------------------------------------------------------- AUROC, AP, F1
+
+def label_score_cases():
+    rng = np.random.default_rng(0)
+    for levels in (0, 50, 4):  # continuous, many ties, a few distinct values
+        y = rng.random(3000) < 0.2
+        s = rng.random(3000) + 0.4 * y
+        if levels:
+            s = np.round(s * levels) / levels  # positive and negative scores tie
+        yield y, s.astype(np.float32)
+    yield np.array([0, 1, 1, 0, 1]), np.array([0.3, 0.3, 0.9, 0.1, 0.3], np.float32)  # int labels
+    yield np.array([1.0, 0.0]), np.array([0.2, 0.7])  # float labels, inverted
+    yield np.array([True, False, True]), np.full(3, 0.5, np.float32)  # constant score
+
+
+@pytest.mark.parametrize("case", range(6))
+def test_binary_metrics_equal_sklearn_and_brute_force(case):
+    y_true, y_score = list(label_score_cases())[case]
+    auroc, ap, f1 = binary_metrics(y_true, y_score)
+    assert auroc == pytest.approx(roc_auc_score(y_true, y_score), abs=1e-9)
+    assert ap == pytest.approx(average_precision_score(y_true, y_score), abs=1e-9)
+    assert f1 == pytest.approx(reference_f1_max(y_true, y_score), abs=1e-9)
+    assert f1 == pytest.approx(brute_force_f1_max(y_true != 0, y_score), abs=1e-9)
+    assert (roc_auc(y_true, y_score), average_precision(y_true, y_score), f1_score_max(y_true, y_score)) \
+        == (auroc, ap, f1)
+
+
+def test_binary_metrics_in_many_chunks(monkeypatch):
+    """Ties that straddle chunk borders, in the split and in the rank pass."""
+    y_true, y_score = list(label_score_cases())[2]
+    whole = binary_metrics(y_true, y_score)
+    monkeypatch.setattr(metrics, "_CHUNK", 7)
+    monkeypatch.setattr(metrics, "_SPLIT_CHUNK", 13)
+    assert binary_metrics(y_true, y_score) == pytest.approx(whole, abs=1e-12)
+    assert whole[0] == pytest.approx(roc_auc_score(y_true, y_score), abs=1e-9)
+
+
+def test_perfect_and_inverted_detectors():
+    rng = np.random.default_rng(5)
+    y = rng.random(500) < 0.3
+    s = rng.random(500) + 2.0 * y
+    auroc, ap, f1 = binary_metrics(y, s)
+    assert (auroc, ap) == (1.0, 1.0)
+    assert f1 == pytest.approx(1.0, abs=1e-7)  # 2 / (2 + 1e-7)
+    auroc, ap, f1 = binary_metrics(y, -s)
+    assert auroc == 0.0
+    assert ap < 0.35 and f1 < 0.5  # no better than the prevalence / all-positive F1
+    assert f1 == pytest.approx(reference_f1_max(y, -s), abs=1e-12)
+
+
+def test_binary_metrics_reject_what_sklearn_rejects():
+    with pytest.raises(ValueError):
+        binary_metrics(np.zeros(4, bool), np.arange(4.0))  # one class
+    with pytest.raises(ValueError):
+        binary_metrics(np.array([0, 1, 1]), np.array([0.1, np.nan, 0.3]))
+    with pytest.raises(ValueError):
+        binary_metrics(np.array([0, 2, 1]), np.array([0.1, 0.2, 0.3]))  # not binary
