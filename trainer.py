@@ -1,0 +1,477 @@
+"""The one training loop and command line behind the six `dinomaly_*.py` scripts.
+
+A script fills a `Config` with its constants and calls `main(config)`; the command line
+(`parse_args`) overrides any of them. `run` then either trains one model on all classes
+(multi-class, "uni"), one fresh identically seeded model per class (class-separated,
+"sep"), or only evaluates a checkpoint (`--eval_only`).
+
+The loop keeps the reference's structure (epochs over one re-iterated DataLoader,
+evaluation inside the loop) because creating DataLoader iterators and running evaluation
+draw from the CPU random generator: the same structure keeps a run RNG-identical to the
+reference's `dinomaly_*.py` (spec §4).
+
+Outputs under `<save_dir>/<save_name>/`: `log.txt` (every printed line), `config.json`
+(every setting used), `results.csv` (one row per class per evaluation, plus `Mean`),
+`model.pth` (the full `model.state_dict()`, reference keys; `<class>/model.pth` when
+class-separated). `config.json`, `results.csv` and `model.pth` are written atomically
+(temporary file + `os.replace`); `log.txt` is appended and flushed line by line.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import io
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import ConcatDataset, DataLoader, Dataset
+from tqdm import tqdm
+
+import dataset
+import models
+import utils
+
+METRIC_NAMES = ("I-AUROC", "I-AP", "I-F1", "P-AUROC", "P-AP", "P-F1", "P-AUPRO")
+# the reference's result line (spec §5), kept character for character
+RESULT_FORMAT = ("{}: I-Auroc:{:.4f}, I-AP:{:.4f}, I-F1:{:.4f}, P-AUROC:{:.4f}, P-AP:{:.4f}, "
+                 "P-F1:{:.4f}, P-AUPRO:{:.4f}")
+DATASETS = ("mvtec", "visa", "realiad")
+MVTEC_CLASSES = tuple(dataset.MVTEC_CLASSES)  # (Config's field `dataset` hides the module there)
+
+
+@dataclass(frozen=True)
+class Config:
+    """Every setting of a run. Defaults are the reference MVTec multi-class run (spec §4);
+    the scripts set their own values explicitly."""
+
+    # data
+    dataset: str = "mvtec"  # 'mvtec' and 'visa' (MVTec layout) or 'realiad'
+    data_path: str = "../mvtec_anomaly_detection"
+    classes: tuple[str, ...] = MVTEC_CLASSES
+    image_size: int = 448  # resize side
+    crop_size: int = 392  # centre crop side (28 × 28 patches of 14 px)
+    num_workers: int = 4
+    # model
+    encoder: str = "dinov2reg_vit_base_14"
+    encoder_weights: str = "official"  # 'official', 'random' or a .pth path
+    dropout: float = 0.2  # noisy bottleneck
+    # optimisation
+    separate: bool = False  # True: one model per class ("sep"); False: one for all ("uni")
+    total_iters: int = 10_000  # per model
+    batch_size: int = 16
+    lr: float = 2e-3
+    final_lr: float = 2e-4
+    warmup_iters: int = 100
+    weight_decay: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-10
+    clip_grad: float = 0.1
+    hm_p_max: float = 0.9  # hard-mining: share of easy points whose gradient is damped ...
+    hm_ramp_iters: int = 1000  # ... reached linearly over this many iterations
+    hm_factor: float = 0.1  # gradient multiplier of the easy points
+    seed: int = 1
+    cudnn_benchmark: bool = False
+    device: str = ""  # '' = cuda when available, else cpu
+    # evaluation and logging
+    eval_every: int = 5_000  # also evaluated after the last iteration
+    max_ratio: float = 0.01  # image score = mean of the top 1 % of the anomaly map
+    eval_resolution: int = 256  # anomaly maps and masks resized to this side
+    gt_threshold: float = 0.0  # mask pixel anomalous if > this (reference 0)
+    log_every: int = 100
+    save_dir: str = "./saved_results"
+    save_name: str = "dinomaly_mvtec_uni"
+    checkpoint: str | None = None  # with eval_only: model.pth (or, class-separated, a folder)
+    eval_only: bool = False
+
+
+# ----------------------------------------------------------------------------- command line
+
+def parse_args(defaults: Config, argv: Sequence[str] | None = None) -> Config:
+    """`defaults` overridden by the command line; resolves `--device` and `--classes auto`."""
+    d = defaults
+    p = argparse.ArgumentParser(
+        description=f"Dinomaly, {d.dataset}, {'class-separated' if d.separate else 'multi-class'}. "
+                    "Defaults are this script's constants.")
+
+    def add(name: str, default: object, text: str, **kw: object) -> None:
+        shown = "" if default is None or default is False or default == "" else f" (default: {default})"
+        p.add_argument(name, default=default, help=text + shown, **kw)
+
+    add("--data_path", d.data_path, "dataset root")
+    add("--save_dir", d.save_dir, "results go to <save_dir>/<save_name>/")
+    add("--save_name", None, f"results folder name (default: {d.save_name}; "
+                             f"{d.save_name}_eval with --eval_only)")
+    add("--encoder", d.encoder, "DINOv2 encoder", choices=models.ENCODER_NAMES, metavar="NAME")
+    add("--encoder_weights", d.encoder_weights,
+        "'official' (downloaded once), 'random', or a path to a .pth")
+    add("--total_iters", d.total_iters, "training iterations (per class when class-separated)",
+        type=int)
+    add("--batch_size", d.batch_size, "training (and evaluation) batch size", type=int)
+    add("--image_size", d.image_size, "images are resized to this side", type=int)
+    add("--crop_size", d.crop_size, "then centre-cropped to this side (a multiple of 14)",
+        type=int)
+    add("--eval_every", d.eval_every, "evaluate and save every N iterations, and after the last",
+        type=int)
+    add("--seed", d.seed, "seed of torch, numpy and random", type=int)
+    add("--device", d.device or None, "e.g. cuda, cuda:1, cpu (default: cuda when available, "
+                                      "else cpu)")
+    add("--num_workers", d.num_workers, "data-loading processes", type=int)
+    found = ("every category with a split file in realiad_jsons/realiad_jsons"
+             if d.dataset == "realiad" else "every folder under --data_path with train/good")
+    add("--classes", None, f"comma-separated subset, or 'auto' = {found} "
+                           f"(default: the script's {len(d.classes)} classes)")
+    add("--checkpoint", d.checkpoint, "with --eval_only: a model.pth (ours or the reference's); "
+                                      "class-separated: a folder holding <class>/model.pth, "
+                                      "or one file for every class")
+    add("--eval_only", d.eval_only, "evaluate --checkpoint on every class, no training",
+        action="store_true")
+    add("--gt_threshold", d.gt_threshold, "a mask pixel is anomalous if above this "
+                                          "(the reference: 0; 0.5 is common)", type=float)
+    add("--eval_resolution", d.eval_resolution, "anomaly maps and masks are resized to this "
+                                                "side for the metrics", type=int)
+    a = p.parse_args(argv)
+
+    if a.eval_only and not a.checkpoint:
+        p.error("--eval_only needs --checkpoint")
+    if a.checkpoint and not a.eval_only:
+        p.error("--checkpoint is only used with --eval_only")
+    if a.checkpoint and not os.path.exists(a.checkpoint):
+        p.error(f"--checkpoint {a.checkpoint} does not exist")
+    for name in ("total_iters", "batch_size", "image_size", "crop_size", "eval_every",
+                 "eval_resolution"):
+        if getattr(a, name) <= 0:
+            p.error(f"--{name} must be positive")
+    if a.crop_size > a.image_size:
+        p.error("--crop_size cannot exceed --image_size")
+    if a.crop_size % 14:
+        p.error("--crop_size must be a multiple of the 14-pixel patch")
+    if a.classes is None:
+        classes = tuple(d.classes)
+    elif a.classes == "auto":
+        try:
+            classes = tuple(discover_classes(d.dataset, a.data_path))
+        except dataset.DatasetError as err:
+            p.error(str(err))
+        if not classes:
+            p.error(f"--classes auto found no class under {a.data_path}")
+    else:
+        classes = tuple(c for c in a.classes.split(",") if c)
+        if len(set(classes)) != len(classes):
+            p.error("--classes lists a class twice")
+    save_name = a.save_name or (d.save_name + "_eval" if a.eval_only else d.save_name)
+    device = a.device or default_device()
+    return dataclasses.replace(
+        d, data_path=a.data_path, save_dir=a.save_dir, save_name=save_name, encoder=a.encoder,
+        encoder_weights=a.encoder_weights, total_iters=a.total_iters, batch_size=a.batch_size,
+        image_size=a.image_size, crop_size=a.crop_size, eval_every=a.eval_every, seed=a.seed,
+        device=device, num_workers=a.num_workers, classes=classes, checkpoint=a.checkpoint,
+        eval_only=a.eval_only, gt_threshold=a.gt_threshold, eval_resolution=a.eval_resolution)
+
+
+def default_device() -> str:
+    """CUDA when available, else CPU (the reference hard-codes cuda:1)."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def discover_classes(kind: str, root: str) -> list[str]:
+    """Class folders of a dataset root: MVTec layout via `dataset.discover_classes`;
+    Real-IAD: one class per split file in `realiad_jsons/realiad_jsons/`."""
+    if kind != "realiad":
+        return dataset.discover_classes(root)
+    json_dir = Path(root) / "realiad_jsons" / "realiad_jsons"
+    if not json_dir.is_dir():
+        raise dataset.DatasetError(f"no Real-IAD split folder {json_dir}")
+    return sorted(p.stem for p in json_dir.glob("*.json"))
+
+
+# ----------------------------------------------------------------------------- files and log
+
+def atomic_write(path: Path, write: Callable[[io.IOBase], None], binary: bool = False) -> None:
+    """Write through `write(file)` into a temporary file beside `path`, then rename it
+    over `path`: a crash never leaves a half-written file at `path`."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb" if binary else "w", newline=None if binary else "") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def save_model(model: nn.Module, path: Path) -> None:
+    """The full `model.state_dict()` (reference keys: loads in the reference as it is)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda f: torch.save(model.state_dict(), f), binary=True)
+
+
+class RunLog:
+    """`log(line)`: print to stdout (above the progress bar) and append to log.txt."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __call__(self, line: str) -> None:
+        tqdm.write(line, file=sys.stdout)
+        with open(self.path, "a") as f:
+            f.write(line + "\n")
+
+
+class ResultsTable:
+    """results.csv: `iteration,class,<7 metrics>`, floats written exactly (repr);
+    rewritten atomically after every evaluation."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.rows: list[list[str]] = []
+
+    def add(self, iteration: int | None, name: str, values: Sequence[float]) -> None:
+        self.rows.append(["" if iteration is None else str(iteration), name,
+                          *(repr(float(v)) for v in values)])
+
+    def save(self) -> None:
+        def write(f: io.IOBase) -> None:
+            w = csv.writer(f)
+            w.writerow(["iteration", "class", *METRIC_NAMES])
+            w.writerows(self.rows)
+        atomic_write(self.path, write)
+
+
+def prepare_run_dir(cfg: Config) -> Path:
+    """`<save_dir>/<save_name>`, created; refuses an existing non-empty folder."""
+    run_dir = Path(cfg.save_dir) / cfg.save_name
+    if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
+        raise SystemExit(f"error: results folder {run_dir} already exists and is not empty; "
+                         "choose another --save_name (or --save_dir), or remove it.")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def write_config(cfg: Config, run_dir: Path, argv: Sequence[str]) -> None:
+    """config.json: the settings used, plus the command and library versions."""
+    info = {**dataclasses.asdict(cfg), "command": [sys.argv[0], *argv],
+            "started": time.strftime("%Y-%m-%d %H:%M:%S"), "torch": torch.__version__,
+            "python": sys.version.split()[0]}
+    atomic_write(run_dir / "config.json", lambda f: json.dump(info, f, indent=2))
+
+
+# ----------------------------------------------------------------------------- data
+
+def build_datasets(cfg: Config, classes: Sequence[str]) -> tuple[Dataset, dict[str, Dataset]]:
+    """The training set (union of `classes`, in order) and one test set per class."""
+    data_transform, gt_transform = dataset.get_data_transforms(cfg.image_size, cfg.crop_size)
+    if cfg.dataset == "realiad":
+        train_set = ConcatDataset([
+            dataset.RealIADDataset(cfg.data_path, c, data_transform, gt_transform, phase="train")
+            for c in classes])
+        test_sets = {c: dataset.RealIADDataset(cfg.data_path, c, data_transform, gt_transform,
+                                               phase="test") for c in classes}
+    else:  # MVTec AD and prepared VisA share the layout
+        train_set = dataset.mvtec_train_set(cfg.data_path, list(classes), data_transform)
+        test_sets = {c: dataset.MVTecDataset(os.path.join(cfg.data_path, c), data_transform,
+                                             gt_transform, phase="test") for c in classes}
+    return train_set, test_sets
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+def format_result(name: str, values: Sequence[float]) -> str:
+    """`<name>: I-Auroc:0.xxxx, ...` — the reference's line."""
+    return RESULT_FORMAT.format(name, *values)
+
+
+def evaluate(model: nn.Module, test_sets: dict[str, Dataset], cfg: Config,
+             device: torch.device) -> dict[str, list[float]]:
+    """The seven metrics per class (spec §5), one fresh DataLoader per class as the
+    reference does (each iterator draws one number from the CPU generator)."""
+    results = {}
+    for name, test_set in test_sets.items():
+        loader = DataLoader(test_set, batch_size=cfg.batch_size, shuffle=False,
+                            num_workers=cfg.num_workers)
+        results[name] = [float(v) for v in utils.evaluation_batch(
+            model, loader, device, max_ratio=cfg.max_ratio, resize_mask=cfg.eval_resolution,
+            gt_threshold=cfg.gt_threshold)]
+    return results
+
+
+def mean_result(results: dict[str, list[float]]) -> list[float]:
+    """Each metric averaged over the classes (the reference's `Mean` line)."""
+    return [float(v) for v in np.mean(list(results.values()), axis=0)]
+
+
+def report(results: dict[str, list[float]], iteration: int | None, log: RunLog,
+           table: ResultsTable, with_mean: bool) -> None:
+    """Log one line per class (and the Mean line), add them to results.csv."""
+    for name, values in results.items():
+        log(format_result(name, values))
+        table.add(iteration, name, values)
+    if with_mean:
+        log(format_result("Mean", mean_result(results)))
+        table.add(iteration, "Mean", mean_result(results))
+    table.save()
+
+
+# ----------------------------------------------------------------------------- training
+
+def train(cfg: Config, classes: Sequence[str], out_dir: Path, log: RunLog, table: ResultsTable,
+          with_mean: bool) -> dict[str, list[float]]:
+    """Train one model on the union of `classes` (reference `dinomaly_*.py` loop);
+    evaluate and save `out_dir/model.pth` every `eval_every` iterations and at the end.
+    Returns the last evaluation's metrics per class."""
+    utils.setup_seed(cfg.seed, cudnn_benchmark=cfg.cudnn_benchmark)
+    device = torch.device(cfg.device)
+    train_set, test_sets = build_datasets(cfg, classes)
+    # shuffled, last partial batch dropped (spec §4)
+    train_loader = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True,
+                              num_workers=cfg.num_workers, drop_last=True)
+    if len(train_loader) == 0:
+        raise SystemExit(f"error: --batch_size {cfg.batch_size} is larger than the training "
+                         f"set ({len(train_set)} images): no full batch to train on.")
+    model = models.build_dinomaly(cfg.encoder, cfg.encoder_weights, cfg.dropout, device=device)
+    trainable = [p for p in model.parameters() if p.requires_grad]  # bottleneck + decoder
+    optimizer = utils.StableAdamW([{"params": trainable}], lr=cfg.lr, betas=cfg.betas,
+                                  weight_decay=cfg.weight_decay, amsgrad=True, eps=cfg.eps)
+    # sets the lr of iteration 0 now, and of iteration i+1 at each step()
+    scheduler = utils.WarmCosineScheduler(optimizer, base_value=cfg.lr, final_value=cfg.final_lr,
+                                          total_iters=cfg.total_iters,
+                                          warmup_iters=cfg.warmup_iters)
+    log(f"train image number:{len(train_set)}")
+
+    results: dict[str, list[float]] = {}
+    recent: list[float] = []  # losses since the last periodic log line
+    bar = tqdm(total=cfg.total_iters, desc=classes[0] if cfg.separate else "train",
+               file=sys.stderr, dynamic_ncols=True)
+    it = 0
+    for epoch in range(math.ceil(cfg.total_iters / len(train_loader))):
+        model.train()
+        loss_list = []
+        for img, _label in train_loader:
+            lr = optimizer.param_groups[0]["lr"]  # set by the scheduler
+            # forward
+            en, de = model(img.to(device))
+            # loss: the hard-mining share p ramps 0 -> 0.9 over the first 1000 iterations (spec §4)
+            p = min(cfg.hm_p_max * it / cfg.hm_ramp_iters, cfg.hm_p_max)
+            loss = utils.global_cosine_hm_percent(en, de, p=p, factor=cfg.hm_factor)
+            # backward
+            optimizer.zero_grad()
+            loss.backward()
+            # clip: global L2 norm of the trainable gradients
+            nn.utils.clip_grad_norm_(trainable, max_norm=cfg.clip_grad)
+            # step, then the scheduler sets the next iteration's lr
+            optimizer.step()
+            loss_list.append(loss.item())
+            scheduler.step()
+            # evaluate / checkpoint (before it += 1, as the reference)
+            if (it + 1) % cfg.eval_every == 0 or it + 1 == cfg.total_iters:
+                results = evaluate(model, test_sets, cfg, device)
+                report(results, it + 1, log, table, with_mean)
+                save_model(model, out_dir / "model.pth")
+                model.train()
+            it += 1
+            # log
+            recent.append(loss_list[-1])
+            bar.set_postfix(loss=f"{loss_list[-1]:.4f}", lr=f"{lr:.2e}", refresh=False)
+            bar.update()
+            if it % cfg.log_every == 0:
+                log(f"iter [{it}/{cfg.total_iters}], loss:{np.mean(recent):.4f}, lr:{lr:.2e}")
+                recent = []
+            if it == cfg.total_iters:
+                break
+        log(f"iter [{it}/{cfg.total_iters}], loss:{np.mean(loss_list):.4f}")  # per epoch
+    bar.close()
+    return results
+
+
+def evaluate_checkpoint(cfg: Config, log: RunLog, table: ResultsTable) -> None:
+    """`--eval_only`: evaluate `cfg.checkpoint` on every class. Class-separated runs take
+    a folder holding `<class>/model.pth` (our layout) or one file used for every class."""
+    utils.setup_seed(cfg.seed)
+    device = torch.device(cfg.device)
+    ckpt = Path(cfg.checkpoint)
+    per_class = cfg.separate and ckpt.is_dir()
+    paths = {c: ckpt / c / "model.pth" if per_class else ckpt for c in cfg.classes}
+    for path in paths.values():
+        if not path.is_file():
+            raise models.CheckpointError(f"checkpoint not found: {path}")
+    # a full state_dict brings its own encoder: no need to fetch the official weights
+    full = {path: checkpoint_has_encoder(path) for path in set(paths.values())}
+    weights = "random" if all(full.values()) else cfg.encoder_weights
+    model = models.build_dinomaly(cfg.encoder, weights, cfg.dropout, device=device)
+    _, test_sets = build_datasets(cfg, cfg.classes)
+    results: dict[str, list[float]] = {}
+    loaded = None
+    for name, test_set in test_sets.items():
+        if paths[name] != loaded:
+            models.load_checkpoint(model, paths[name])
+            loaded = paths[name]
+            log(f"checkpoint: {loaded}")
+        results.update(evaluate(model, {name: test_set}, cfg, device))
+    report(results, None, log, table, with_mean=True)
+
+
+def checkpoint_has_encoder(path: Path) -> bool:
+    """Whether a checkpoint file holds the encoder weights too (a full state_dict)."""
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:
+        return False  # load_checkpoint reports it properly
+    obj = obj.get("model", obj) if isinstance(obj, dict) else obj
+    return isinstance(obj, dict) and any(str(k).removeprefix("module.").startswith("encoder.")
+                                         for k in obj)
+
+
+def run(cfg: Config, argv: Sequence[str] = ()) -> dict[str, list[float]]:
+    """Train (multi-class or class-separated) or evaluate, writing the run folder.
+    Returns the final metrics per class (plus 'Mean')."""
+    if cfg.dataset not in DATASETS:
+        raise ValueError(f"unknown dataset {cfg.dataset!r}; one of {DATASETS}")
+    if not cfg.device:
+        cfg = dataclasses.replace(cfg, device=default_device())
+    build_datasets(cfg, cfg.classes)  # a bad data path or class fails now, before any output
+    run_dir = prepare_run_dir(cfg)
+    write_config(cfg, run_dir, argv)
+    log = RunLog(run_dir / "log.txt")
+    table = ResultsTable(run_dir / "results.csv")
+    log(f"{'evaluation of ' + str(cfg.checkpoint) if cfg.eval_only else 'training'}: "
+        f"{cfg.dataset}, {len(cfg.classes)} classes, {cfg.encoder}, device {cfg.device}, "
+        f"results in {run_dir}")
+    if cfg.eval_only:
+        evaluate_checkpoint(cfg, log, table)
+    elif not cfg.separate:
+        train(cfg, cfg.classes, run_dir, log, table, with_mean=True)
+    else:
+        final: dict[str, list[float]] = {}
+        for i, name in enumerate(cfg.classes):
+            log(f"[{i + 1}/{len(cfg.classes)}] {name}")
+            # a fresh model per class, seeded identically (setup_seed inside train)
+            final.update(train(cfg, [name], run_dir / name, log, table, with_mean=False))
+        # the summary: every class again, then the mean (reference's sep scripts)
+        for name, values in final.items():
+            log(format_result(name, values))
+        log(format_result("Mean", mean_result(final)))
+        table.add(cfg.total_iters, "Mean", mean_result(final))
+        table.save()
+    return read_results(table)
+
+
+def read_results(table: ResultsTable) -> dict[str, list[float]]:
+    """The last row per class of the results table."""
+    return {row[1]: [float(v) for v in row[2:]] for row in table.rows}
+
+
+def main(defaults: Config, argv: Sequence[str] | None = None) -> None:
+    """Entry point of the scripts: command line over `defaults`, then `run`."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    cfg = parse_args(defaults, argv)
+    try:
+        run(cfg, argv)
+    except (dataset.DatasetError, models.CheckpointError, models.EncoderError) as err:
+        raise SystemExit(f"error: {err}") from None
