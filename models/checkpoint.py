@@ -5,7 +5,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .vit_encoder import EncoderError, load_strict
+from .vit_encoder import EncoderError, load_file, load_strict
 
 
 class CheckpointError(EncoderError):
@@ -40,17 +40,11 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     `decoder.*`) keeps the model's encoder. Any other mismatch → one error listing it.
     """
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise CheckpointError(f"cannot read checkpoint {path}: {err}") from None
-    state_dict = model_state_dict(obj, path)
-    if not any(k.startswith("encoder.") for k in state_dict):
-        state_dict = {**{k: v for k, v in model.state_dict().items() if k.startswith("encoder.")},
-                      **state_dict}
-    try:
+        state_dict = model_state_dict(load_file(path, "checkpoint"), path)
+        if not any(k.startswith("encoder.") for k in state_dict):
+            state_dict = {**{k: v for k, v in model.state_dict().items() if k.startswith("encoder.")},
+                          **state_dict}
         load_strict(model, state_dict, f"checkpoint {path}")
     except EncoderError as err:
         raise CheckpointError(str(err)) from None

@@ -11,7 +11,7 @@ from torch import nn
 from .mlp import Mlp
 
 
-class bMlp(nn.Module):
+class bMlp(Mlp):
     """Noisy bottleneck: Dropout → Linear(C, 4C) → GELU → Dropout → Linear(4C, C) → Dropout.
 
     `(B, N, C) -> (B, N, C)`. Dropout on the *input* is what makes it a denoising
@@ -19,24 +19,9 @@ class bMlp(nn.Module):
     One Dropout module serves all three places, in this order, as in the reference.
     """
 
-    def __init__(self, in_features: int, hidden_features: int | None = None,
-                 out_features: int | None = None, drop: float = 0.0) -> None:
-        super().__init__()
-        out_features = out_features or in_features
-        hidden_features = hidden_features or in_features
-        self.fc1 = nn.Linear(in_features, hidden_features)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden_features, out_features)
-        self.drop = nn.Dropout(drop)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.drop(x)
-        x = self.fc1(x)
-        x = self.act(x)
-        x = self.drop(x)
-        x = self.fc2(x)
-        x = self.drop(x)
-        return x
+        return super().forward(x)
 
 
 class LinearAttention2(nn.Module):

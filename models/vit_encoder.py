@@ -108,15 +108,20 @@ def build(name: str, fused_attn: bool = True) -> DinoVisionTransformer:
                                  fused_attn=fused_attn)
 
 
-def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """A state_dict from a `.pth` file, unwrapped from `{'model': ...}` style containers."""
+def load_file(path: str | os.PathLike, what: str) -> object:
+    """`torch.load` of a weights file (tensors only), with one clear error if it fails."""
     path = Path(path)
     if not path.is_file():
-        raise EncoderError(f"encoder weights file not found: {path}")
+        raise EncoderError(f"{what} not found: {path}")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise EncoderError(f"cannot read encoder weights {path}: {err}") from None
+        raise EncoderError(f"cannot read {what} {path}: {err}") from None
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """A state_dict from a `.pth` file, unwrapped from `{'model': ...}` style containers."""
+    obj = load_file(path, "encoder weights file")
     for key in ("model", "state_dict", "teacher"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
