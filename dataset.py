@@ -242,8 +242,8 @@ class MVTecDataset(Dataset):
     order; ``good`` is label 0 with ``gt`` all zeros ``1 × H × W`` (H, W of the transformed image),
     every other folder label 1, its i-th image (sorted) paired with the i-th mask (sorted) of
     ``ground_truth/<defect>/``.
-    phase ``'train'``: items ``(img, 0)`` from ``train/good/``. (The scripts train on
-    ``mvtec_train_set``, the reference's ImageFolder; this is for custom use.)
+    phase ``'train'``: the same 4-tuples, from ``train/good/`` (label 0, all-zero ``gt``), as
+    the reference's. (The scripts train on ``mvtec_train_set``, the reference's ImageFolder.)
 
     Args:
         cache_images: decode and resize every image once, at construction (see ``mvtec_train_set``).
@@ -313,8 +313,6 @@ class MVTecDataset(Dataset):
     def __getitem__(self, idx: int) -> tuple:
         img = self.images(idx)
         label = self.labels[idx]
-        if self.phase == "train":
-            return img, label
         img_path = self.img_paths[idx]
         if label == 0:
             gt = torch.zeros([1, img.shape[-2], img.shape[-1]])

@@ -139,8 +139,9 @@ def test_multichannel_mask_stays_multichannel(mvtec, transforms_):
 def test_mvtec_train_phase(mvtec, transforms_):
     ds = dataset.MVTecDataset(mvtec / "aaa", *transforms_, phase="train")
     assert len(ds) == 3
-    img, label = ds[2]
+    img, gt, label, img_path = ds[2]  # the reference's 4-tuple in every phase
     assert label == 0 and img.shape == (3, ISIZE, ISIZE)
+    assert torch.equal(gt, torch.zeros(1, ISIZE, ISIZE)) and img_path.endswith("train/good/002.png")
     expected = plain_image_transform(Image.open(mvtec / "aaa" / "train" / "good" / "002.png"), SIZE, ISIZE)
     torch.testing.assert_close(img, expected, rtol=0, atol=1e-6)
 
