@@ -1,0 +1,182 @@
+"""training_state.py: RNG capture, the resumable sampler, atomic checkpoint writes,
+save/restore round trip and the config comparison (the end-to-end resume is in test_resume.py)."""
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import training_state as ts
+import utils
+
+
+def draws() -> tuple:
+    """One value from each generator the loop uses."""
+    return (torch.rand(3).tolist(), torch.randn(2).tolist(), np.random.rand(2).tolist(),
+            np.random.randn(), random.random(), random.gauss(0, 1))
+
+
+def test_rng_state_round_trip():
+    utils.setup_seed(5)
+    np.random.randn()  # leaves a cached gaussian in numpy's state
+    random.gauss(0, 1)  # and in random's
+    state = ts.rng_state()
+    first = draws()
+    assert draws() != first  # the generators moved on
+    ts.set_rng_state(state)
+    assert draws() == first
+
+
+def test_rng_state_survives_weights_only_file(tmp_path):
+    utils.setup_seed(3)
+    ts.atomic_save({"rng": ts.rng_state()}, tmp_path / "r.pth")
+    first = draws()
+    utils.setup_seed(99)
+    ts.set_rng_state(torch.load(tmp_path / "r.pth", weights_only=True)["rng"])
+    assert draws() == first
+
+
+def batches(loader: DataLoader) -> list[list[int]]:
+    return [b[0].tolist() for b in loader]
+
+
+def test_sampler_equals_shuffle_and_resumes_without_drawing():
+    data = TensorDataset(torch.arange(10))
+    torch.manual_seed(7)
+    plain = DataLoader(data, batch_size=3, shuffle=True, drop_last=True)
+    expected = [batches(plain) for _ in range(3)]
+    after_plain = torch.rand(1)
+
+    torch.manual_seed(7)
+    sampler = ts.ResumableSampler(data)
+    loader = DataLoader(data, batch_size=3, sampler=sampler, drop_last=True)
+    got = []
+    for _ in range(3):
+        got.append(batches(loader))
+        assert sorted(sampler.order) == list(range(10))  # the epoch's full order, recorded
+    assert got == expected and len(loader) == 3
+    assert torch.equal(torch.rand(1), after_plain)  # the same draws from the CPU generator
+    assert [sampler.order[i:i + 3] for i in (0, 3, 6)] == expected[-1]
+
+    # resume the last epoch after its first batch: the rest of it, and nothing drawn
+    sampler.resume(sampler.order, start=3)
+    before = torch.get_rng_state()
+    rest = list(iter(sampler))
+    assert torch.equal(torch.get_rng_state(), before)
+    assert rest == sampler.order[3:]
+    assert list(iter(sampler)) != rest  # the next epoch is a fresh shuffle again
+
+    with pytest.raises(ts.TrainingStateError, match="training images changed"):
+        sampler.resume(list(range(9)), 0)
+
+
+def small_run() -> tuple[nn.Module, torch.optim.Optimizer, utils.WarmCosineScheduler]:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.GELU(), nn.Linear(8, 1))
+    opt = utils.StableAdamW([{"params": list(model.parameters())}], lr=1e-2, weight_decay=1e-4,
+                            amsgrad=True, eps=1e-10)
+    sched = utils.WarmCosineScheduler(opt, 1e-2, 1e-3, total_iters=20, warmup_iters=3)
+    return model, opt, sched
+
+
+def step(model, opt, sched) -> float:
+    loss = model(torch.randn(5, 4)).pow(2).mean()
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    sched.step()
+    return loss.item()
+
+
+def test_save_restore_continues_identically(tmp_path):
+    model, opt, sched = small_run()
+    losses = [step(model, opt, sched) for _ in range(4)]
+    progress = ts.Progress(iteration=4, epoch=1, epoch_order=[2, 0, 1], epoch_position=1,
+                           losses=losses, restarts=2)
+    cfg = {"seed": 1, "classes": ("a", "b"), "lr": 1e-2}
+    ts.save_training_state(tmp_path / "c.pth", model, opt, sched, progress, cfg)
+    lr_at_save = opt.param_groups[0]["lr"]
+    later = [step(model, opt, sched) for _ in range(3)]
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+
+    model2, opt2, sched2 = small_run()  # fresh objects, other RNG state
+    torch.manual_seed(123)
+    state = ts.load_training_state(tmp_path / "c.pth")
+    assert state["config"] == {"seed": 1, "classes": ["a", "b"], "lr": 1e-2}
+    got = ts.restore_training_state(state, model2, opt2, sched2)
+    assert got == progress
+    assert sched2.last_epoch == 4 and opt2.param_groups[0]["lr"] == lr_at_save != 0
+    assert [step(model2, opt2, sched2) for _ in range(3)] == later
+    assert all(torch.equal(weights[k], v) for k, v in model2.state_dict().items())
+    assert sched2.last_epoch == sched.last_epoch
+    assert opt2.param_groups[0]["lr"] == opt.param_groups[0]["lr"]
+
+
+def test_restore_refuses_another_model(tmp_path):
+    model, opt, sched = small_run()
+    ts.save_training_state(tmp_path / "c.pth", model, opt, sched, ts.Progress(), {})
+    other = nn.Sequential(nn.Linear(4, 16), nn.GELU(), nn.Linear(16, 1))
+    opt2 = utils.StableAdamW(list(other.parameters()))
+    sched2 = utils.WarmCosineScheduler(opt2, 1e-2, 1e-3, total_iters=20)
+    with pytest.raises(ts.TrainingStateError, match="shape mismatch"):
+        ts.restore_training_state(ts.load_training_state(tmp_path / "c.pth"), other, opt2, sched2)
+
+
+def test_a_write_that_dies_midway_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    """A kill during the write: the temporary file is half written when the process dies.
+    The checkpoint at the final path is the previous, complete one."""
+    model, opt, sched = small_run()
+    path = tmp_path / "run" / ts.CHECKPOINT_NAME
+    ts.save_training_state(path, model, opt, sched, ts.Progress(iteration=4, losses=[1.0] * 4), {})
+    good = path.read_bytes()
+    step(model, opt, sched)
+
+    real_save = torch.save
+
+    def dying_save(obj, f, *args, **kwargs):
+        real_save(obj, f, *args, **kwargs)
+        f.truncate(f.tell() // 2)  # half of the bytes reached the disk ...
+        raise KeyboardInterrupt("killed")  # ... when the process was stopped
+
+    monkeypatch.setattr(torch, "save", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        ts.save_training_state(path, model, opt, sched, ts.Progress(iteration=5), {})
+    monkeypatch.undo()
+    assert path.read_bytes() == good
+    assert ts.load_training_state(path)["iteration"] == 4
+    assert [p.name for p in path.parent.iterdir()] == [ts.CHECKPOINT_NAME]  # no temporary left
+
+    # a temporary file left by a SIGKILL (no chance to clean up) is removed by the next save
+    (path.parent / f".{ts.CHECKPOINT_NAME}.abc123.tmp").write_bytes(b"partial")
+    ts.save_training_state(path, model, opt, sched, ts.Progress(iteration=5), {})
+    assert [p.name for p in path.parent.iterdir()] == [ts.CHECKPOINT_NAME]
+    assert ts.load_training_state(path)["iteration"] == 5
+
+
+def test_load_errors_name_the_file(tmp_path):
+    with pytest.raises(ts.TrainingStateError, match="no resume checkpoint at .*c.pth"):
+        ts.load_training_state(tmp_path / "c.pth")
+    model, opt, sched = small_run()
+    ts.save_training_state(tmp_path / "c.pth", model, opt, sched, ts.Progress(), {})
+    data = (tmp_path / "c.pth").read_bytes()
+    (tmp_path / "c.pth").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ts.TrainingStateError, match="cannot read resume checkpoint .*c.pth"):
+        ts.load_training_state(tmp_path / "c.pth")
+    torch.save(model.state_dict(), tmp_path / "model.pth")
+    with pytest.raises(ts.TrainingStateError, match="not a resume checkpoint"):
+        ts.load_training_state(tmp_path / "model.pth")
+
+
+def test_config_differences():
+    saved = {"seed": 1, "classes": ["a", "b"], "lr": 2e-3, "num_workers": 4, "device": "cuda",
+             "data_path": "/x"}
+    same = {"seed": 1, "classes": ("a", "b"), "lr": 2e-3, "num_workers": 0, "device": "cpu",
+            "data_path": "/y"}
+    assert ts.config_differences(saved, same) == []
+    other = {**same, "seed": 2, "classes": ("a",), "new_field": True}
+    assert ts.config_differences(saved, other) == [
+        "classes: ['a', 'b'] -> ['a']", "new_field: '<absent>' -> True", "seed: 1 -> 2"]
