@@ -15,6 +15,10 @@ Outputs under `<save_dir>/<save_name>/`: `log.txt` (every printed line), `config
 `model.pth` (the full `model.state_dict()`, reference keys; `<class>/model.pth` when
 class-separated). `config.json`, `results.csv` and `model.pth` are written atomically
 (temporary file + `os.replace`); `log.txt` is appended and flushed line by line.
+
+Speed and scale (issue 5), all off by default: `--amp`, `--cache_images`, `--compile`, and
+several processes under `torchrun` (see `distributed.py`): each rank trains on its share of
+every global batch, rank 0 alone evaluates, saves and logs while the others wait.
 """
 from __future__ import annotations
 
@@ -34,10 +38,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 from tqdm import tqdm
 
 import dataset
+import distributed
 import models
 import utils
 
@@ -47,6 +53,8 @@ RESULT_FORMAT = ("{}: I-Auroc:{:.4f}, I-AP:{:.4f}, I-F1:{:.4f}, P-AUROC:{:.4f}, 
                  "P-F1:{:.4f}, P-AUPRO:{:.4f}")
 DATASETS = ("mvtec", "visa", "realiad")
 MVTEC_CLASSES = tuple(dataset.MVTEC_CLASSES)  # (Config's field `dataset` hides the module there)
+AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # --amp
+COMPILE_BACKEND = "inductor"  # --compile; tests use "aot_eager" (same capture, no code generation)
 
 
 @dataclass(frozen=True)
@@ -82,6 +90,11 @@ class Config:
     seed: int = 1
     cudnn_benchmark: bool = False
     device: str = ""  # '' = cuda when available, else cpu
+    # speed (issue 5); the defaults are the reference's computation
+    fused_attn: bool = True  # encoder attention by SDPA (False: explicit; equal to round-off)
+    amp: str = "none"  # 'bf16' / 'fp16': the forward under autocast; loss and optimizer fp32
+    cache_images: bool = False  # training images decoded and resized once, kept in RAM (uint8)
+    compile: bool = False  # torch.compile of every encoder, bottleneck and decoder block
     # evaluation and logging
     eval_every: int = 5_000  # also evaluated after the last iteration
     max_ratio: float = 0.01  # image score = mean of the top 1 % of the anomaly map
@@ -126,6 +139,22 @@ def parse_args(defaults: Config, argv: Sequence[str] | None = None) -> Config:
     add("--device", d.device or None, "e.g. cuda, cuda:1, cpu (default: cuda when available, "
                                       "else cpu)")
     add("--num_workers", d.num_workers, "data-loading processes", type=int)
+    add("--dropout", d.dropout, "noisy-bottleneck dropout; 0 turns every dropout off", type=float)
+    add("--log_every", d.log_every, "log the mean loss every N iterations", type=int)
+    add("--amp", d.amp, "mixed precision: the model's forward under autocast in bf16 or fp16 "
+                        "(fp16 with loss scaling); the loss, gradients and optimizer stay fp32. "
+                        "'none' computes as the reference", choices=tuple(AMP_DTYPES))
+    add("--cache_images", d.cache_images,
+        "decode and resize every training image once and keep it in RAM as uint8 (the tensors "
+        "are exactly the uncached ones): 3 x image_size^2 bytes per image and per process, "
+        "0.6 MB at 448 px (MVTec AD 2.2 GB, VisA 5.2 GB); also keeps the loader workers "
+        "between epochs and pins batches for CUDA", action="store_true")
+    add("--compile", d.compile, "torch.compile every transformer block (the first iterations "
+                                "and the first evaluation take a minute or more longer)",
+        action="store_true")
+    add("--explicit_attn", not d.fused_attn, "encoder attention as the reference's explicit "
+                                             "softmax(q k^T) v (slower, more memory; equal to "
+                                             "round-off)", action="store_true")
     found = ("every category with a split file in realiad_jsons/realiad_jsons"
              if d.dataset == "realiad" else "every folder under --data_path with train/good")
     add("--classes", None, f"comma-separated subset, or 'auto' = {found} "
@@ -148,9 +177,11 @@ def parse_args(defaults: Config, argv: Sequence[str] | None = None) -> Config:
     if a.checkpoint and not os.path.exists(a.checkpoint):
         p.error(f"--checkpoint {a.checkpoint} does not exist")
     for name in ("total_iters", "batch_size", "image_size", "crop_size", "eval_every",
-                 "eval_resolution"):
+                 "eval_resolution", "log_every"):
         if getattr(a, name) <= 0:
             p.error(f"--{name} must be positive")
+    if not 0 <= a.dropout < 1:
+        p.error("--dropout must be in [0, 1)")
     if a.crop_size > a.image_size:
         p.error("--crop_size cannot exceed --image_size")
     if a.crop_size % 14:
@@ -175,7 +206,9 @@ def parse_args(defaults: Config, argv: Sequence[str] | None = None) -> Config:
         encoder_weights=a.encoder_weights, total_iters=a.total_iters, batch_size=a.batch_size,
         image_size=a.image_size, crop_size=a.crop_size, eval_every=a.eval_every, seed=a.seed,
         device=device, num_workers=a.num_workers, classes=classes, checkpoint=a.checkpoint,
-        eval_only=a.eval_only, gt_threshold=a.gt_threshold, eval_resolution=a.eval_resolution)
+        eval_only=a.eval_only, gt_threshold=a.gt_threshold, eval_resolution=a.eval_resolution,
+        dropout=a.dropout, log_every=a.log_every, amp=a.amp, cache_images=a.cache_images,
+        compile=a.compile, fused_attn=not a.explicit_attn)
 
 
 def default_device() -> str:
@@ -214,12 +247,15 @@ def save_model(model: nn.Module, path: Path) -> None:
 
 
 class RunLog:
-    """`log(line)`: print to stdout (above the progress bar) and append to log.txt."""
+    """`log(line)`: print to stdout (above the progress bar) and append to log.txt.
+    `path=None`: silent (ranks other than 0)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path | None) -> None:
         self.path = path
 
     def __call__(self, line: str) -> None:
+        if self.path is None:
+            return
         tqdm.write(line, file=sys.stdout)
         with open(self.path, "a") as f:
             f.write(line + "\n")
@@ -227,9 +263,9 @@ class RunLog:
 
 class ResultsTable:
     """results.csv: `iteration,class,<7 metrics>`, floats written exactly (repr);
-    rewritten atomically after every evaluation."""
+    rewritten atomically after every evaluation. `path=None`: not written (ranks other than 0)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path | None) -> None:
         self.path = path
         self.rows: list[list[str]] = []
 
@@ -238,6 +274,9 @@ class ResultsTable:
                           *(repr(float(v)) for v in values)])
 
     def save(self) -> None:
+        if self.path is None:
+            return
+
         def write(f: io.IOBase) -> None:
             w = csv.writer(f)
             w.writerow(["iteration", "class", *METRIC_NAMES])
@@ -257,7 +296,8 @@ def prepare_run_dir(cfg: Config) -> Path:
 
 def write_config(cfg: Config, run_dir: Path, argv: Sequence[str]) -> None:
     """config.json: the settings used, plus the command and library versions."""
-    info = {**dataclasses.asdict(cfg), "command": [sys.argv[0], *argv],
+    info = {**dataclasses.asdict(cfg), "processes": distributed.world_size(),
+            "command": [sys.argv[0], *argv],
             "started": time.strftime("%Y-%m-%d %H:%M:%S"), "torch": torch.__version__,
             "python": sys.version.split()[0]}
     atomic_write(run_dir / "config.json", lambda f: json.dump(info, f, indent=2))
@@ -265,20 +305,37 @@ def write_config(cfg: Config, run_dir: Path, argv: Sequence[str]) -> None:
 
 # ----------------------------------------------------------------------------- data
 
-def build_datasets(cfg: Config, classes: Sequence[str]) -> tuple[Dataset, dict[str, Dataset]]:
-    """The training set (union of `classes`, in order) and one test set per class."""
+def build_datasets(cfg: Config, classes: Sequence[str], cache_images: bool = False
+                   ) -> tuple[Dataset, dict[str, Dataset]]:
+    """The training set (union of `classes`, in order; `cache_images`: its images decoded
+    and resized now, kept in RAM) and one test set per class."""
     data_transform, gt_transform = dataset.get_data_transforms(cfg.image_size, cfg.crop_size)
     if cfg.dataset == "realiad":
         train_set = ConcatDataset([
-            dataset.RealIADDataset(cfg.data_path, c, data_transform, gt_transform, phase="train")
+            dataset.RealIADDataset(cfg.data_path, c, data_transform, gt_transform, phase="train",
+                                   cache_images=cache_images)
             for c in classes])
         test_sets = {c: dataset.RealIADDataset(cfg.data_path, c, data_transform, gt_transform,
                                                phase="test") for c in classes}
     else:  # MVTec AD and prepared VisA share the layout
-        train_set = dataset.mvtec_train_set(cfg.data_path, list(classes), data_transform)
+        train_set = dataset.mvtec_train_set(cfg.data_path, list(classes), data_transform,
+                                            cache_images=cache_images)
         test_sets = {c: dataset.MVTecDataset(os.path.join(cfg.data_path, c), data_transform,
                                              gt_transform, phase="test") for c in classes}
     return train_set, test_sets
+
+
+def make_train_loader(cfg: Config, train_set: Dataset) -> DataLoader:
+    """Shuffled global batches of `cfg.batch_size`, last partial batch dropped (spec §4), of
+    which this process loads its share. One process: the batches and random draws of the
+    reference's `DataLoader(shuffle=True, drop_last=True)`. With --cache_images the workers
+    live across epochs and batches are pinned for CUDA (the same batches)."""
+    persistent = cfg.cache_images and cfg.num_workers > 0
+    sampler = distributed.GlobalBatchSampler(len(train_set), cfg.batch_size, distributed.rank(),
+                                             distributed.world_size(), persistent_loader=persistent)
+    return DataLoader(train_set, batch_sampler=sampler, num_workers=cfg.num_workers,
+                      persistent_workers=persistent,
+                      pin_memory=cfg.cache_images and torch.device(cfg.device).type == "cuda")
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -321,59 +378,124 @@ def report(results: dict[str, list[float]], iteration: int | None, log: RunLog,
 
 # ----------------------------------------------------------------------------- training
 
-def train(cfg: Config, classes: Sequence[str], out_dir: Path, log: RunLog, table: ResultsTable,
-          with_mean: bool) -> dict[str, list[float]]:
-    """Train one model on the union of `classes` (reference `dinomaly_*.py` loop);
-    evaluate and save `out_dir/model.pth` every `eval_every` iterations and at the end.
-    Returns the last evaluation's metrics per class."""
-    utils.setup_seed(cfg.seed, cudnn_benchmark=cfg.cudnn_benchmark)
-    device = torch.device(cfg.device)
-    train_set, test_sets = build_datasets(cfg, classes)
-    # shuffled, last partial batch dropped (spec §4)
-    train_loader = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True,
-                              num_workers=cfg.num_workers, drop_last=True)
-    if len(train_loader) == 0:
-        raise SystemExit(f"error: --batch_size {cfg.batch_size} is larger than the training "
-                         f"set ({len(train_set)} images): no full batch to train on.")
-    model = models.build_dinomaly(cfg.encoder, cfg.encoder_weights, cfg.dropout, device=device)
-    trainable = [p for p in model.parameters() if p.requires_grad]  # bottleneck + decoder
+def compile_blocks(model: models.ViTill) -> None:
+    """`torch.compile` every encoder block, the bottleneck and every decoder block, in place
+    (`nn.Module.compile`: the state_dict keys stay the reference's). Blocks of one kind share
+    their compiled code, so compilation costs one block per kind (evaluation, in eval mode
+    without gradients, compiles its own variants); the loss's gradient hooks sit on the
+    decoder outputs, outside the compiled code."""
+    for block in [*model.encoder.blocks, *model.bottleneck, *model.decoder]:
+        block.compile(backend=COMPILE_BACKEND)
+
+
+def training_module(model: models.ViTill, cfg: Config, device: torch.device) -> nn.Module:
+    """What the training step runs: `model` (its blocks compiled with --compile), wrapped in
+    DistributedDataParallel with several processes (the gradients averaged over ranks: with
+    equal shares, the gradient of the global batch's mean loss). `model` itself is what is
+    evaluated and saved."""
+    if cfg.compile:
+        compile_blocks(model)
+    if distributed.world_size() == 1:
+        return model
+    device_ids = [device.index] if device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=device_ids)
+
+
+@dataclass
+class Training:
+    """The model and what trains it (`setup_training`)."""
+
+    model: models.ViTill  # evaluated and saved: reference keys
+    net: nn.Module  # what the step runs: `model`, in DDP with several processes
+    trainable: list[nn.Parameter]  # bottleneck + decoder
+    optimizer: utils.StableAdamW
+    scheduler: utils.WarmCosineScheduler
+    scaler: torch.amp.GradScaler  # fp16 only; disabled, every call is a no-op
+
+
+def setup_training(cfg: Config, device: torch.device) -> Training:
+    """A fresh model (seeded init, the reference's order of random draws), its optimizer,
+    lr schedule and, with the speed options, the compiled / DDP-wrapped training module."""
+    model = models.build_dinomaly(cfg.encoder, cfg.encoder_weights, cfg.dropout, device=device,
+                                  fused_attn=cfg.fused_attn)
+    rank = distributed.rank()
+    if rank > 0:  # own dropout masks (with one seed, every rank's i-th image would share one)
+        torch.manual_seed(cfg.seed + rank)
+    trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = utils.StableAdamW([{"params": trainable}], lr=cfg.lr, betas=cfg.betas,
                                   weight_decay=cfg.weight_decay, amsgrad=True, eps=cfg.eps)
     # sets the lr of iteration 0 now, and of iteration i+1 at each step()
     scheduler = utils.WarmCosineScheduler(optimizer, base_value=cfg.lr, final_value=cfg.final_lr,
                                           total_iters=cfg.total_iters,
                                           warmup_iters=cfg.warmup_iters)
+    return Training(model, training_module(model, cfg, device), trainable, optimizer, scheduler,
+                    torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16"))
+
+
+def train_step(t: Training, img: torch.Tensor, it: int, cfg: Config) -> float:
+    """Iteration `it` on the batch `img` (`B × 3 × H × W`, on the device; this process's
+    share with several): forward → loss → backward → clip → step → next lr (spec §4).
+    Returns the loss of the global batch."""
+    # forward (--amp: under autocast), then the features in fp32 for the loss
+    with torch.autocast(img.device.type, dtype=AMP_DTYPES[cfg.amp], enabled=cfg.amp != "none"):
+        en, de = t.net(img)
+    en, de = [e.float() for e in en], [d.float() for d in de]  # fp32 already: no-op
+    # loss: the hard-mining share p ramps 0 -> 0.9 over the first 1000 iterations (spec §4);
+    # with several processes, its threshold is the whole global batch's
+    p = min(cfg.hm_p_max * it / cfg.hm_ramp_iters, cfg.hm_p_max)
+    loss = utils.global_cosine_hm_percent(en, de, p=p, factor=cfg.hm_factor,
+                                          across_ranks=distributed.world_size() > 1)
+    # backward (several processes: DDP averages the gradients over the ranks)
+    t.optimizer.zero_grad()
+    t.scaler.scale(loss).backward()
+    # clip: global L2 norm of the trainable gradients (fp16: unscaled first)
+    t.scaler.unscale_(t.optimizer)
+    nn.utils.clip_grad_norm_(t.trainable, max_norm=cfg.clip_grad)
+    # step (fp16: skipped if the gradients overflowed), then the scheduler sets the next lr
+    t.scaler.step(t.optimizer)
+    t.scaler.update()
+    value = distributed.mean_over_ranks(loss.item())
+    t.scheduler.step()
+    return value
+
+
+def train(cfg: Config, classes: Sequence[str], out_dir: Path, log: RunLog, table: ResultsTable,
+          with_mean: bool) -> dict[str, list[float]]:
+    """Train one model on the union of `classes` (reference `dinomaly_*.py` loop);
+    evaluate and save `out_dir/model.pth` every `eval_every` iterations and at the end.
+    Returns the last evaluation's metrics per class (on rank 0; {} on the other ranks, which
+    train on their share of each batch and wait while rank 0 evaluates and saves)."""
+    utils.setup_seed(cfg.seed, cudnn_benchmark=cfg.cudnn_benchmark)
+    device = torch.device(cfg.device)
+    rank = distributed.rank()
+    train_set, test_sets = build_datasets(cfg, classes, cache_images=cfg.cache_images)
+    train_loader = make_train_loader(cfg, train_set)
+    if len(train_loader) == 0:
+        raise SystemExit(f"error: --batch_size {cfg.batch_size} is larger than the training "
+                         f"set ({len(train_set)} images): no full batch to train on.")
+    t = setup_training(cfg, device)
+    model = t.model
     log(f"train image number:{len(train_set)}")
 
     results: dict[str, list[float]] = {}
     recent: list[float] = []  # losses since the last periodic log line
     bar = tqdm(total=cfg.total_iters, desc=classes[0] if cfg.separate else "train",
-               file=sys.stderr, dynamic_ncols=True)
+               file=sys.stderr, dynamic_ncols=True, disable=rank > 0)
     it = 0
     for epoch in range(math.ceil(cfg.total_iters / len(train_loader))):
         model.train()
         loss_list = []
         for img, _label in train_loader:
-            lr = optimizer.param_groups[0]["lr"]  # set by the scheduler
-            # forward
-            en, de = model(img.to(device))
-            # loss: the hard-mining share p ramps 0 -> 0.9 over the first 1000 iterations (spec §4)
-            p = min(cfg.hm_p_max * it / cfg.hm_ramp_iters, cfg.hm_p_max)
-            loss = utils.global_cosine_hm_percent(en, de, p=p, factor=cfg.hm_factor)
-            # backward
-            optimizer.zero_grad()
-            loss.backward()
-            # clip: global L2 norm of the trainable gradients
-            nn.utils.clip_grad_norm_(trainable, max_norm=cfg.clip_grad)
-            # step, then the scheduler sets the next iteration's lr
-            optimizer.step()
-            loss_list.append(loss.item())
-            scheduler.step()
-            # evaluate / checkpoint (before it += 1, as the reference)
+            lr = t.optimizer.param_groups[0]["lr"]  # set by the scheduler
+            # forward, loss, backward, clip, step
+            loss_list.append(train_step(t, img.to(device, non_blocking=True), it, cfg))
+            # evaluate / checkpoint on rank 0, the others wait (before it += 1, as the reference)
             if (it + 1) % cfg.eval_every == 0 or it + 1 == cfg.total_iters:
-                results = evaluate(model, test_sets, cfg, device)
-                report(results, it + 1, log, table, with_mean)
-                save_model(model, out_dir / "model.pth")
+                if rank == 0:
+                    results = evaluate(model, test_sets, cfg, device)
+                    report(results, it + 1, log, table, with_mean)
+                    save_model(model, out_dir / "model.pth")
+                distributed.barrier()
                 model.train()
             it += 1
             # log
@@ -404,7 +526,8 @@ def evaluate_checkpoint(cfg: Config, log: RunLog, table: ResultsTable) -> None:
     # a full state_dict brings its own encoder: no need to fetch the official weights
     full = {path: checkpoint_has_encoder(path) for path in set(paths.values())}
     weights = "random" if all(full.values()) else cfg.encoder_weights
-    model = models.build_dinomaly(cfg.encoder, weights, cfg.dropout, device=device)
+    model = models.build_dinomaly(cfg.encoder, weights, cfg.dropout, device=device,
+                                  fused_attn=cfg.fused_attn)
     _, test_sets = build_datasets(cfg, cfg.classes)
     results: dict[str, list[float]] = {}
     loaded = None
@@ -435,14 +558,24 @@ def run(cfg: Config, argv: Sequence[str] = ()) -> dict[str, list[float]]:
         raise ValueError(f"unknown dataset {cfg.dataset!r}; one of {DATASETS}")
     if not cfg.device:
         cfg = dataclasses.replace(cfg, device=default_device())
+    processes = distributed.world_size()
+    if processes > 1 and cfg.eval_only:
+        raise SystemExit("error: --eval_only runs in one process: start it with python, "
+                         "not torchrun")
+    try:
+        distributed.local_batch_size(cfg.batch_size, processes)
+    except ValueError as err:
+        raise SystemExit(f"error: {err}") from None
     build_datasets(cfg, cfg.classes)  # a bad data path or class fails now, before any output
-    run_dir = prepare_run_dir(cfg)
-    write_config(cfg, run_dir, argv)
-    log = RunLog(run_dir / "log.txt")
-    table = ResultsTable(run_dir / "results.csv")
+    main_rank = distributed.rank() == 0  # the only one that writes files and logs
+    run_dir = prepare_run_dir(cfg) if main_rank else Path(cfg.save_dir) / cfg.save_name
+    if main_rank:
+        write_config(cfg, run_dir, argv)
+    log = RunLog(run_dir / "log.txt" if main_rank else None)
+    table = ResultsTable(run_dir / "results.csv" if main_rank else None)
     log(f"{'evaluation of ' + str(cfg.checkpoint) if cfg.eval_only else 'training'}: "
-        f"{cfg.dataset}, {len(cfg.classes)} classes, {cfg.encoder}, device {cfg.device}, "
-        f"results in {run_dir}")
+        f"{cfg.dataset}, {len(cfg.classes)} classes, {cfg.encoder}, device {cfg.device}"
+        f"{speed_options(cfg, processes)}, results in {run_dir}")
     if cfg.eval_only:
         evaluate_checkpoint(cfg, log, table)
     elif not cfg.separate:
@@ -453,13 +586,21 @@ def run(cfg: Config, argv: Sequence[str] = ()) -> dict[str, list[float]]:
             log(f"[{i + 1}/{len(cfg.classes)}] {name}")
             # a fresh model per class, seeded identically (setup_seed inside train)
             final.update(train(cfg, [name], run_dir / name, log, table, with_mean=False))
-        # the summary: every class again, then the mean (reference's sep scripts)
-        for name, values in final.items():
-            log(format_result(name, values))
-        log(format_result("Mean", mean_result(final)))
-        table.add(cfg.total_iters, "Mean", mean_result(final))
-        table.save()
+        if main_rank:  # the summary: every class again, then the mean (reference's sep scripts)
+            for name, values in final.items():
+                log(format_result(name, values))
+            log(format_result("Mean", mean_result(final)))
+            table.add(cfg.total_iters, "Mean", mean_result(final))
+            table.save()
     return read_results(table)
+
+
+def speed_options(cfg: Config, processes: int) -> str:
+    """The non-default speed settings for the log's first line, e.g. `, amp bf16, 2 processes`."""
+    options = {f"amp {cfg.amp}": cfg.amp != "none", "explicit attention": not cfg.fused_attn,
+               "image cache": cfg.cache_images, "compiled": cfg.compile,
+               f"{processes} processes": processes > 1}
+    return "".join(f", {name}" for name, on in options.items() if on)
 
 
 def read_results(table: ResultsTable) -> dict[str, list[float]]:
@@ -472,6 +613,7 @@ def main(defaults: Config, argv: Sequence[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
     cfg = parse_args(defaults, argv)
     try:
-        run(cfg, argv)
+        with distributed.launched(cfg.device) as device:  # torchrun: join the process group
+            run(dataclasses.replace(cfg, device=device), argv)
     except (dataset.DatasetError, models.CheckpointError, models.EncoderError) as err:
         raise SystemExit(f"error: {err}") from None

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
+from distributed import all_gather_cat
 from evaluation import cal_anomaly_maps, evaluation_batch, get_gaussian_kernel  # noqa: F401
 from metrics import compute_pro, f1_score_max  # noqa: F401
 
@@ -52,26 +53,33 @@ def point_distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return 1 - F.cosine_similarity(a, b).unsqueeze(1)
 
 
-def hard_mining_threshold(point_dist: torch.Tensor, p: float) -> torch.Tensor:
-    """The k-th largest point distance, `k = int(n · (1 - p))`: points below it are "easy"."""
-    flat = point_dist.reshape(-1)
+def hard_mining_threshold(point_dist: torch.Tensor, p: float,
+                          across_ranks: bool = False) -> torch.Tensor:
+    """The k-th largest point distance, `k = int(n · (1 - p))`: points below it are "easy".
+
+    `across_ranks`: over the point distances of every process (torch.distributed, each
+    holding an equal share of the batch), i.e. the threshold of the whole global batch.
+    """
+    flat = (all_gather_cat(point_dist) if across_ranks else point_dist).reshape(-1)
     k = int(flat.numel() * (1 - p))
     return torch.topk(flat, k=k)[0][-1]
 
 
 def global_cosine_hm_percent(a: list[torch.Tensor], b: list[torch.Tensor], p: float = 0.9,
-                             factor: float = 0.0) -> torch.Tensor:
+                             factor: float = 0.0, across_ranks: bool = False) -> torch.Tensor:
     """Global cosine loss with hard-mining (paper §3.4, eq. 3), mean over groups.
 
     The value is the plain global cosine loss; a gradient hook on `b` multiplies the
     gradient at the `p` fraction of easiest locations (point distance below the threshold,
     taken over the whole batch) by `factor`. `a` (encoder) is detached.
+    `across_ranks`: the batch is split over the processes of a torch.distributed run; the
+    threshold is then the global batch's (the returned value stays this rank's mean).
     """
     loss = 0
     for a_, b_ in zip(a, b):
         a_ = a_.detach()
         point_dist = point_distances(a_, b_)
-        thresh = hard_mining_threshold(point_dist, p)
+        thresh = hard_mining_threshold(point_dist, p, across_ranks)
         loss = loss + torch.mean(1 - F.cosine_similarity(a_.reshape(a_.shape[0], -1),
                                                          b_.reshape(b_.shape[0], -1)))
         if b_.requires_grad:
