@@ -19,6 +19,15 @@ class-separated). `config.json`, `results.csv` and `model.pth` are written atomi
 Speed and scale (issue 5), all off by default: `--amp`, `--cache_images`, `--compile`, and
 several processes under `torchrun` (see `distributed.py`): each rank trains on its share of
 every global batch, rank 0 alone evaluates, saves and logs while the others wait.
+
+Robustness (issue 6), none of which changes what is computed: every input is checked before
+anything is written or downloaded (data folders, image files, batch size, encoder name and
+weights, `--eval_only` checkpoints); `checkpoint.pth` (see `training_state.py`) is written
+atomically at every evaluation and `--resume` continues a stopped run exactly; the loss is
+watched (`spike_guard.py`): a nan stops the run, a spike is logged, `--spike_restart` goes
+back to the last checkpoint with a new seed; `results.md` shows the latest evaluation at a
+glance (`report.py`); `--save_maps` draws heatmaps at the final evaluation; `--demo` trains
+on a small generated dataset (`demo_data.py`) in a few minutes on a CPU.
 """
 from __future__ import annotations
 
@@ -31,6 +40,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,9 +53,15 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset
 from tqdm import tqdm
 
 import dataset
+import demo_data
 import distributed
+import evaluation
+import heatmaps
 import models
+import report as results_report
+import training_state
 import utils
+from spike_guard import NonFiniteLoss, SpikeGuard
 
 METRIC_NAMES = ("I-AUROC", "I-AP", "I-F1", "P-AUROC", "P-AP", "P-F1", "P-AUPRO")
 # the reference's result line (spec §5), kept character for character
@@ -53,6 +69,8 @@ RESULT_FORMAT = ("{}: I-Auroc:{:.4f}, I-AP:{:.4f}, I-F1:{:.4f}, P-AUROC:{:.4f}, 
                  "P-F1:{:.4f}, P-AUPRO:{:.4f}")
 DATASETS = ("mvtec", "visa", "realiad")
 MVTEC_CLASSES = tuple(dataset.MVTEC_CLASSES)  # (Config's field `dataset` hides the module there)
+ALL_CLASSES = {"mvtec": MVTEC_CLASSES, "visa": tuple(dataset.VISA_CLASSES),
+               "realiad": tuple(dataset.REALIAD_CLASSES)}
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # --amp
 COMPILE_BACKEND = "inductor"  # --compile; tests use "aot_eager" (same capture, no code generation)
 
@@ -105,13 +123,44 @@ class Config:
     save_name: str = "dinomaly_mvtec_uni"
     checkpoint: str | None = None  # with eval_only: model.pth (or, class-separated, a folder)
     eval_only: bool = False
+    # robustness and outputs (issue 6); none changes what is computed
+    save_maps: bool = False  # heatmaps and score histograms at the final evaluation of a model
+    resume: bool = False  # continue the run in <save_dir>/<save_name> from its checkpoint.pth
+    checkpoint_every: int = 0  # checkpoint.pth also every N iterations (0: at evaluations only)
+    spike_factor: float = 3.0  # a loss above this × the running median is a spike (0: off)
+    spike_window: int = 100  # running median over this many losses; no spike check before
+    spike_restart: bool = False  # after a spike or nan: back to the last checkpoint, new seed
+    max_restarts: int = 3  # spike restarts per model, at most
+    skip_image_check: bool = False  # do not decode every image file before training
+    demo: bool = False  # set by --demo (DEMO below)
+
+
+# `--demo`: a short run on demo_data's generated textures, about 4 minutes on 2 shared CPU
+# cores (350 CPU-seconds measured). Flags given with --demo override these.
+DEMO = dict(
+    data_path="demo_data",             # built there once, in the current folder
+    classes=demo_data.TEXTURES,         # brick, grass, gravel: 16 training images each
+    encoder="dinov2reg_vit_small_14",  # ViT-S: official weights if cached or reachable, else random
+    image_size=192, crop_size=168,      # the reference's 448 -> 392 geometry, 12 x 12 patches
+    total_iters=60,                     # 20 epochs of 3 batches of 16
+    warmup_iters=10,                    # the cosine schedule still has 50 iterations to decay
+    eval_every=60,                      # one evaluation, at the end
+    num_workers=0,                      # on 2 cores, loader processes would slow the model down
+    save_name="demo",                   # a new demo_1, demo_2 … folder for every run
+    save_maps=True,                     # heatmaps of every test image
+)
 
 
 # ----------------------------------------------------------------------------- command line
 
 def parse_args(defaults: Config, argv: Sequence[str] | None = None) -> Config:
-    """`defaults` overridden by the command line; resolves `--device` and `--classes auto`."""
+    """`defaults` overridden by the command line; resolves `--device` and `--classes auto`.
+    With `--demo`, the DEMO settings replace the script's before the other flags apply."""
     d = defaults
+    demo = argparse.ArgumentParser(add_help=False)
+    demo.add_argument("--demo", action="store_true")
+    if demo.parse_known_args(argv)[0].demo:
+        d = dataclasses.replace(d, demo=True, **DEMO)
     p = argparse.ArgumentParser(
         description=f"Dinomaly, {d.dataset}, {'class-separated' if d.separate else 'multi-class'}. "
                     "Defaults are this script's constants.")
@@ -168,6 +217,35 @@ def parse_args(defaults: Config, argv: Sequence[str] | None = None) -> Config:
                                           "(the reference: 0; 0.5 is common)", type=float)
     add("--eval_resolution", d.eval_resolution, "anomaly maps and masks are resized to this "
                                                 "side for the metrics", type=int)
+    add("--save_maps", d.save_maps, "write a heatmap per test image (input | anomaly map, "
+                                    "ground-truth outline, score) and a score histogram per "
+                                    "class to <run>/maps/<class>/<defect>/, at the final "
+                                    "evaluation of each model only (keeps runs fast)",
+        action="store_true")
+    add("--resume", d.resume, "continue the stopped run in <save_dir>/<save_name> from its "
+                              "last checkpoint.pth, exactly as if it had not stopped (the "
+                              "settings must be the run's; an existing results folder is "
+                              "otherwise never written into)", action="store_true")
+    add("--checkpoint_every", d.checkpoint_every, "also write checkpoint.pth every N iterations "
+                                                  "(0: only at evaluations)", type=int)
+    add("--spike_factor", d.spike_factor, "log a loss spike when the loss exceeds this many "
+                                          "times the median of the last "
+                                          f"{d.spike_window} losses (0: off)", type=float)
+    add("--spike_restart", d.spike_restart, "after a loss spike or a nan loss, go back to the "
+                                            "last checkpoint and continue with a new seed "
+                                            "(seed + restart count); add --checkpoint_every "
+                                            "to go back less far", action="store_true")
+    add("--max_restarts", d.max_restarts, "spike restarts per model, at most", type=int)
+    add("--skip_image_check", d.skip_image_check, "do not decode every image and mask file "
+                                                  "before training (saves time on huge "
+                                                  "datasets; a bad file then stops the run "
+                                                  "when it is reached)", action="store_true")
+    add("--demo", d.demo, "the demo: builds demo_data/ (3 textures with synthetic defects; "
+                          "here, or at --data_path) once, trains ViT-S for a few minutes on "
+                          "a CPU, prints the table and writes heatmaps. Official ViT-S "
+                          "weights if cached or downloadable, else a random encoder "
+                          "(loudly marked: its numbers are not Dinomaly's)",
+        action="store_true")
     a = p.parse_args(argv)
 
     if a.eval_only and not a.checkpoint:
@@ -176,6 +254,12 @@ def parse_args(defaults: Config, argv: Sequence[str] | None = None) -> Config:
         p.error("--checkpoint is only used with --eval_only")
     if a.checkpoint and not os.path.exists(a.checkpoint):
         p.error(f"--checkpoint {a.checkpoint} does not exist")
+    if a.resume and a.eval_only:
+        p.error("--resume continues a training run; --eval_only trains nothing")
+    if a.demo and (d.dataset == "realiad" or d.separate):
+        p.error("--demo is the multi-class MVTec-layout demo: python dinomaly_mvtec_uni.py --demo")
+    if a.checkpoint_every < 0 or a.spike_factor < 0 or a.max_restarts < 0:
+        p.error("--checkpoint_every, --spike_factor and --max_restarts cannot be negative")
     for name in ("total_iters", "batch_size", "image_size", "crop_size", "eval_every",
                  "eval_resolution", "log_every"):
         if getattr(a, name) <= 0:
@@ -208,7 +292,10 @@ def parse_args(defaults: Config, argv: Sequence[str] | None = None) -> Config:
         device=device, num_workers=a.num_workers, classes=classes, checkpoint=a.checkpoint,
         eval_only=a.eval_only, gt_threshold=a.gt_threshold, eval_resolution=a.eval_resolution,
         dropout=a.dropout, log_every=a.log_every, amp=a.amp, cache_images=a.cache_images,
-        compile=a.compile, fused_attn=not a.explicit_attn)
+        compile=a.compile, fused_attn=not a.explicit_attn, save_maps=a.save_maps,
+        resume=a.resume, checkpoint_every=a.checkpoint_every, spike_factor=a.spike_factor,
+        spike_restart=a.spike_restart, max_restarts=a.max_restarts,
+        skip_image_check=a.skip_image_check)
 
 
 def default_device() -> str:
@@ -262,12 +349,32 @@ class RunLog:
 
 
 class ResultsTable:
-    """results.csv: `iteration,class,<7 metrics>`, floats written exactly (repr);
+    """results.csv: `iteration,class,<7 metrics>`, floats written exactly (repr); and, with
+    `markdown` (latest results per class, iteration -> page), results.md beside it. Both
     rewritten atomically after every evaluation. `path=None`: not written (ranks other than 0)."""
 
-    def __init__(self, path: Path | None) -> None:
+    def __init__(self, path: Path | None,
+                 markdown: Callable[[dict[str, list[float]], int | None], str] | None = None
+                 ) -> None:
         self.path = path
+        self.markdown = markdown
         self.rows: list[list[str]] = []
+
+    def take_over(self, limits: dict[str, int]) -> None:
+        """`--resume`: the rows of the run's results.csv for the classes in `limits`, up to
+        their iteration (rows after the checkpoint a class goes back to are written again)."""
+        if self.path is None or not self.path.is_file():
+            return
+        with open(self.path, newline="") as f:
+            rows = list(csv.reader(f))[1:]
+        self.rows = [r for r in rows if r[1] in limits and r[0] and int(r[0]) <= limits[r[1]]]
+
+    def latest(self) -> tuple[dict[str, list[float]], int | None]:
+        """The last row per class (first-seen order) and the largest iteration among them."""
+        last = {row[1]: row for row in self.rows}
+        iterations = [int(row[0]) for row in last.values() if row[0]]
+        return ({name: [float(v) for v in row[2:]] for name, row in last.items()},
+                max(iterations) if iterations else None)
 
     def add(self, iteration: int | None, name: str, values: Sequence[float]) -> None:
         self.rows.append(["" if iteration is None else str(iteration), name,
@@ -282,16 +389,54 @@ class ResultsTable:
             w.writerow(["iteration", "class", *METRIC_NAMES])
             w.writerows(self.rows)
         atomic_write(self.path, write)
+        if self.markdown is not None:
+            page = self.markdown(*self.latest())
+            atomic_write(self.path.with_name("results.md"), lambda f: f.write(page))
 
 
 def prepare_run_dir(cfg: Config) -> Path:
-    """`<save_dir>/<save_name>`, created; refuses an existing non-empty folder."""
+    """`<save_dir>/<save_name>`, created. An existing non-empty folder is never written into,
+    except by `--resume` (which continues the run in it): the run stops and says so."""
     run_dir = Path(cfg.save_dir) / cfg.save_name
+    if cfg.resume:
+        return run_dir  # check_resume has looked at it
     if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
         raise SystemExit(f"error: results folder {run_dir} already exists and is not empty; "
-                         "choose another --save_name (or --save_dir), or remove it.")
+                         "continue that run with --resume, or choose another --save_name "
+                         "(or --save_dir), or remove it.")
     run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir
+
+
+def free_save_name(save_dir: str, name: str) -> str:
+    """`name`, or the first of `name_1`, `name_2`, … with no non-empty folder in `save_dir`
+    (the demo's runs: each gets its own folder, none is overwritten)."""
+    candidates = [name] + [f"{name}_{i}" for i in range(1, 10_000)]
+    for candidate in candidates:
+        path = Path(save_dir) / candidate
+        if not path.exists() or (path.is_dir() and not any(path.iterdir())):
+            return candidate
+    raise SystemExit(f"error: no free results folder {name}_N in {save_dir}; clean it up")
+
+
+def check_resume(cfg: Config, run_dir: Path) -> None:
+    """`--resume`: the folder holds a run (config.json) whose settings that matter equal
+    ours (training_state.RESUME_FREE lists those that may change)."""
+    config_path = run_dir / "config.json"
+    if not config_path.is_file():
+        raise SystemExit(f"error: --resume: there is no run to continue in {run_dir} "
+                         f"(no config.json); check --save_dir and --save_name, or start the "
+                         "run without --resume.")
+    try:
+        saved = json.loads(config_path.read_text())
+    except (OSError, ValueError) as err:
+        raise SystemExit(f"error: --resume: cannot read {config_path}: {err}") from None
+    saved = {k: v for k, v in saved.items() if k in {f.name for f in dataclasses.fields(Config)}}
+    differences = training_state.config_differences(saved, dataclasses.asdict(cfg))
+    if differences:
+        raise SystemExit(f"error: --resume: these settings differ from the run in {run_dir} "
+                         f"({config_path}): {'; '.join(differences)}. Resume with the run's "
+                         "settings, or start a new run under another --save_name.")
 
 
 def write_config(cfg: Config, run_dir: Path, argv: Sequence[str]) -> None:
@@ -346,16 +491,23 @@ def format_result(name: str, values: Sequence[float]) -> str:
 
 
 def evaluate(model: nn.Module, test_sets: dict[str, Dataset], cfg: Config,
-             device: torch.device) -> dict[str, list[float]]:
+             device: torch.device, maps_dir: Path | None = None) -> dict[str, list[float]]:
     """The seven metrics per class (spec §5), one fresh DataLoader per class as the
-    reference does (each iterator draws one number from the CPU generator)."""
+    reference does (each iterator draws one number from the CPU generator).
+    `maps_dir`: also draw every test image's heatmap and the class's score histogram into
+    `maps_dir/maps/<class>/` (heatmaps.py), from the same maps the metrics use."""
     results = {}
     for name, test_set in test_sets.items():
         loader = DataLoader(test_set, batch_size=cfg.batch_size, shuffle=False,
                             num_workers=cfg.num_workers)
-        results[name] = [float(v) for v in utils.evaluation_batch(
-            model, loader, device, max_ratio=cfg.max_ratio, resize_mask=cfg.eval_resolution,
-            gt_threshold=cfg.gt_threshold)]
+        # collect_maps then metrics_of is evaluation_batch, split to keep the maps for drawing
+        maps = evaluation.collect_maps(model, loader, device, max_ratio=cfg.max_ratio,
+                                       resize_mask=cfg.eval_resolution,
+                                       gt_threshold=cfg.gt_threshold)
+        results[name] = [float(v) for v in evaluation.metrics_of(maps)]
+        if maps_dir is not None:
+            heatmaps.save_class_heatmaps(maps_dir, name, maps.paths, maps.maps, maps.masks,
+                                         maps.scores, maps.labels, cfg.image_size, cfg.crop_size)
     return results
 
 
@@ -459,17 +611,32 @@ def train_step(t: Training, img: torch.Tensor, it: int, cfg: Config) -> float:
     return value
 
 
+class _Restart(Exception):
+    """Raised inside the loop: go back to the last checkpoint with a new seed."""
+
+
 def train(cfg: Config, classes: Sequence[str], out_dir: Path, log: RunLog, table: ResultsTable,
-          with_mean: bool) -> dict[str, list[float]]:
+          with_mean: bool, maps_dir: Path | None = None) -> dict[str, list[float]]:
     """Train one model on the union of `classes` (reference `dinomaly_*.py` loop);
-    evaluate and save `out_dir/model.pth` every `eval_every` iterations and at the end.
+    evaluate and save `out_dir/model.pth` every `eval_every` iterations and at the end, each
+    time with `out_dir/checkpoint.pth` (also every `checkpoint_every`); `cfg.resume`: continue
+    from that checkpoint. `maps_dir`: heatmaps at the final evaluation (`--save_maps`).
     Returns the last evaluation's metrics per class (on rank 0; {} on the other ranks, which
     train on their share of each batch and wait while rank 0 evaluates and saves)."""
+    ckpt_path = out_dir / training_state.CHECKPOINT_NAME
+    state = None
+    if cfg.resume and ckpt_path.is_file():
+        state = training_state.load_training_state(ckpt_path)
+        if state["finished"]:
+            log(f"{ckpt_path}: trained to the end (iteration {state['iteration']}), "
+                "nothing to resume")
+            return state["results"]
     utils.setup_seed(cfg.seed, cudnn_benchmark=cfg.cudnn_benchmark)
     device = torch.device(cfg.device)
     rank = distributed.rank()
     train_set, test_sets = build_datasets(cfg, classes, cache_images=cfg.cache_images)
     train_loader = make_train_loader(cfg, train_set)
+    sampler = train_loader.batch_sampler  # records each epoch's order, replays it on resume
     if len(train_loader) == 0:
         raise SystemExit(f"error: --batch_size {cfg.batch_size} is larger than the training "
                          f"set ({len(train_set)} images): no full batch to train on.")
@@ -478,54 +645,188 @@ def train(cfg: Config, classes: Sequence[str], out_dir: Path, log: RunLog, table
     log(f"train image number:{len(train_set)}")
 
     results: dict[str, list[float]] = {}
-    recent: list[float] = []  # losses since the last periodic log line
-    bar = tqdm(total=cfg.total_iters, desc=classes[0] if cfg.separate else "train",
-               file=sys.stderr, dynamic_ncols=True, disable=rank > 0)
-    it = 0
-    for epoch in range(math.ceil(cfg.total_iters / len(train_loader))):
-        model.train()
-        loss_list = []
-        for img, _label in train_loader:
-            lr = t.optimizer.param_groups[0]["lr"]  # set by the scheduler
-            # forward, loss, backward, clip, step
-            loss_list.append(train_step(t, img.to(device, non_blocking=True), it, cfg))
-            # evaluate / checkpoint on rank 0, the others wait (before it += 1, as the reference)
-            if (it + 1) % cfg.eval_every == 0 or it + 1 == cfg.total_iters:
-                if rank == 0:
-                    results = evaluate(model, test_sets, cfg, device)
-                    report(results, it + 1, log, table, with_mean)
-                    save_model(model, out_dir / "model.pth")
-                distributed.barrier()
+    progress = training_state.Progress()
+
+    def save_checkpoint(finished: bool = False) -> None:
+        """checkpoint.pth from rank 0, with every rank's generators; at the point where the
+        next iteration starts (after the evaluation's random draws)."""
+        rng = training_state.all_rng_states()  # collective: every rank takes part
+        if rank == 0:
+            training_state.save_training_state(ckpt_path, model, t.optimizer, t.scheduler,
+                                               progress, dataclasses.asdict(cfg), results, rng,
+                                               t.scaler, finished)
+        distributed.barrier()
+
+    saved_at: int | None = None  # the iteration of the checkpoint on disk
+    if state is not None:
+        processes = distributed.world_size()
+        same_processes = len(state["rng"]) == processes
+        progress = training_state.restore_training_state(
+            state, model, t.optimizer, t.scheduler, rng_index=rank if same_processes else 0,
+            scaler=t.scaler)
+        if not same_processes and rank > 0:  # rank 0's generators, but own dropout masks
+            torch.manual_seed(cfg.seed + rank)
+        results, saved_at = state["results"], progress.iteration
+        log(f"resumed from {ckpt_path} at iteration {progress.iteration}"
+            + ("" if same_processes else f" (saved by {len(state['rng'])} processes, now "
+                                         f"{processes}: not bit-identical to an unstopped run)"))
+    elif cfg.resume:
+        log(f"no checkpoint in {out_dir}: starting from iteration 0")
+    if state is None and cfg.spike_restart:
+        save_checkpoint()  # a restart before the first evaluation goes back to iteration 0
+        saved_at = 0
+    guard = SpikeGuard(cfg.spike_factor, cfg.spike_window, warmup=cfg.spike_window)
+    restarts = progress.restarts
+    bar = tqdm(total=cfg.total_iters, initial=progress.iteration,
+               desc=classes[0] if cfg.separate else "train", file=sys.stderr,
+               dynamic_ncols=True, disable=rank > 0)
+    while True:  # runs once, unless a spike restart goes back to the last checkpoint
+        it = progress.iteration
+        guard.reset(progress.losses)
+        recent = progress.losses[it - it % cfg.log_every:]  # since the last periodic log line
+        try:
+            for epoch in range(progress.epoch, math.ceil(cfg.total_iters / len(train_loader))):
                 model.train()
-            it += 1
-            # log
-            recent.append(loss_list[-1])
-            bar.set_postfix(loss=f"{loss_list[-1]:.4f}", lr=f"{lr:.2e}", refresh=False)
-            bar.update()
-            if it % cfg.log_every == 0:
-                log(f"iter [{it}/{cfg.total_iters}], loss:{np.mean(recent):.4f}, lr:{lr:.2e}")
-                recent = []
-            if it == cfg.total_iters:
-                break
-        log(f"iter [{it}/{cfg.total_iters}], loss:{np.mean(loss_list):.4f}")  # per epoch
+                loss_list: list[float] = []
+                position = 0  # batches of this epoch done
+                batches = train_loader
+                if epoch == progress.epoch and progress.epoch_order is not None:
+                    # resume mid-epoch: the rest of the saved order. Creating the iterator draws
+                    # a worker seed that the stopped run drew before its checkpoint: undone.
+                    position = progress.epoch_position
+                    loss_list = progress.losses[it - position:]
+                    sampler.resume(progress.epoch_order, position * cfg.batch_size)
+                    generator_state = torch.get_rng_state()
+                    batches = iter(train_loader)
+                    torch.set_rng_state(generator_state)
+                for img, _label in batches:
+                    lr = t.optimizer.param_groups[0]["lr"]  # set by the scheduler
+                    # forward, loss, backward, clip, step
+                    loss_list.append(train_step(t, img.to(device, non_blocking=True), it, cfg))
+                    position += 1
+                    progress.losses.append(loss_list[-1])
+                    # watch the loss: nan stops the run, a spike is logged (both may restart)
+                    spike = guard.check(it + 1, loss_list[-1])
+                    if spike is not None:
+                        restart = cfg.spike_restart and restarts < cfg.max_restarts
+                        log(spike.message() + ("" if restart or not cfg.spike_restart else
+                                               f" (no restart left: {restarts} done)"))
+                        if restart:
+                            raise _Restart()
+                    # evaluate / checkpoint on rank 0, the others wait (before it += 1, as the
+                    # reference)
+                    evaluated = (it + 1) % cfg.eval_every == 0 or it + 1 == cfg.total_iters
+                    if evaluated:
+                        final = it + 1 == cfg.total_iters
+                        if rank == 0:
+                            results = evaluate(model, test_sets, cfg, device,
+                                               maps_dir if final and cfg.save_maps else None)
+                            report(results, it + 1, log, table, with_mean)
+                            save_model(model, out_dir / "model.pth")
+                        distributed.barrier()
+                        model.train()
+                    if evaluated or (cfg.checkpoint_every and (it + 1) % cfg.checkpoint_every == 0):
+                        progress.iteration, progress.epoch = it + 1, epoch
+                        progress.epoch_order, progress.epoch_position = sampler.order, position
+                        progress.restarts = restarts
+                        save_checkpoint(finished=it + 1 == cfg.total_iters)
+                        saved_at = it + 1
+                    it += 1
+                    # log
+                    recent.append(loss_list[-1])
+                    bar.set_postfix(loss=f"{loss_list[-1]:.4f}", lr=f"{lr:.2e}", refresh=False)
+                    bar.update()
+                    if it % cfg.log_every == 0:
+                        log(f"iter [{it}/{cfg.total_iters}], loss:{np.mean(recent):.4f}, "
+                            f"lr:{lr:.2e}")
+                        recent = []
+                    if it == cfg.total_iters:
+                        break
+                log(f"iter [{it}/{cfg.total_iters}], loss:{np.mean(loss_list):.4f}")  # per epoch
+            break
+        except (_Restart, NonFiniteLoss) as event:
+            if isinstance(event, NonFiniteLoss) and not (cfg.spike_restart
+                                                         and restarts < cfg.max_restarts):
+                stop_on_nan(event, ckpt_path, saved_at, cfg, restarts, log)
+            if isinstance(event, NonFiniteLoss):
+                log(str(event))
+            # back to the last checkpoint, with fresh generators: seed + restart count
+            restarts += 1
+            state = training_state.load_training_state(ckpt_path)
+            progress = training_state.restore_training_state(state, model, t.optimizer,
+                                                             t.scheduler, rng_index=None,
+                                                             scaler=t.scaler)
+            progress.restarts = restarts
+            results = state["results"]
+            utils.setup_seed(cfg.seed + restarts, cudnn_benchmark=cfg.cudnn_benchmark)
+            if rank > 0:
+                torch.manual_seed(cfg.seed + restarts + rank)
+            log(f"spike restart {restarts}/{cfg.max_restarts}: back to iteration "
+                f"{progress.iteration} ({ckpt_path}), seed {cfg.seed + restarts}")
+            bar.n = progress.iteration
+            bar.refresh()
     bar.close()
     return results
 
 
-def evaluate_checkpoint(cfg: Config, log: RunLog, table: ResultsTable) -> None:
-    """`--eval_only`: evaluate `cfg.checkpoint` on every class. Class-separated runs take
-    a folder holding `<class>/model.pth` (our layout) or one file used for every class."""
-    utils.setup_seed(cfg.seed)
-    device = torch.device(cfg.device)
+def stop_on_nan(err: NonFiniteLoss, ckpt_path: Path, saved_at: int | None, cfg: Config,
+                restarts: int, log: RunLog) -> None:
+    """Log why the run stops and what is kept, then stop (SystemExit)."""
+    if saved_at is None:
+        kept = ("no checkpoint was written yet (one is written at every evaluation, or every "
+                "--checkpoint_every N iterations)")
+    else:
+        kept = (f"nothing was saved after it: {ckpt_path} (iteration {saved_at}) is the last "
+                "good state; continue with --resume")
+        kept += (f" (all {restarts} restarts are used up)" if cfg.spike_restart else
+                 "; with --spike_restart, a nan goes back to the checkpoint with a new seed")
+    message = f"{err}: training stopped; {kept}"
+    log(message)
+    raise SystemExit(f"error: {message}")
+
+
+def eval_checkpoint_paths(cfg: Config) -> dict[str, Path]:
+    """`--eval_only`: the checkpoint file of each class. Class-separated runs take a folder
+    holding `<class>/model.pth` (our layout) or one file used for every class."""
     ckpt = Path(cfg.checkpoint)
     per_class = cfg.separate and ckpt.is_dir()
     paths = {c: ckpt / c / "model.pth" if per_class else ckpt for c in cfg.classes}
     for path in paths.values():
         if not path.is_file():
             raise models.CheckpointError(f"checkpoint not found: {path}")
-    # a full state_dict brings its own encoder: no need to fetch the official weights
-    full = {path: checkpoint_has_encoder(path) for path in set(paths.values())}
-    weights = "random" if all(full.values()) else cfg.encoder_weights
+    return paths
+
+
+def eval_needs_encoder_weights(cfg: Config) -> bool:
+    """Whether `--eval_only` needs the encoder's weights: not when every checkpoint is a full
+    state_dict, which brings its own encoder."""
+    return not all(checkpoint_has_encoder(p) for p in set(eval_checkpoint_paths(cfg).values()))
+
+
+def check_checkpoints_fit(cfg: Config) -> None:
+    """`--eval_only`: every checkpoint fits the model of `--encoder` (keys and shapes), checked
+    on a weightless ("meta") model before anything is written or downloaded."""
+    with warnings.catch_warnings():  # loading into meta tensors warns that it copies nothing
+        warnings.simplefilter("ignore")
+        with torch.device("meta"):
+            model = models.build_dinomaly(cfg.encoder, "random", cfg.dropout)
+        for path in sorted(set(eval_checkpoint_paths(cfg).values())):
+            try:
+                models.load_checkpoint(model, path)
+            except models.CheckpointError as err:
+                raise models.CheckpointError(f"{err} This run builds --encoder {cfg.encoder}: "
+                                             "pass the encoder the checkpoint was trained "
+                                             "with.") from None
+
+
+def evaluate_checkpoint(cfg: Config, log: RunLog, table: ResultsTable,
+                        maps_dir: Path | None = None) -> None:
+    """`--eval_only`: evaluate `cfg.checkpoint` on every class (see eval_checkpoint_paths);
+    `maps_dir`: with heatmaps."""
+    utils.setup_seed(cfg.seed)
+    device = torch.device(cfg.device)
+    paths = eval_checkpoint_paths(cfg)
+    weights = cfg.encoder_weights if eval_needs_encoder_weights(cfg) else "random"
     model = models.build_dinomaly(cfg.encoder, weights, cfg.dropout, device=device,
                                   fused_attn=cfg.fused_attn)
     _, test_sets = build_datasets(cfg, cfg.classes)
@@ -536,7 +837,7 @@ def evaluate_checkpoint(cfg: Config, log: RunLog, table: ResultsTable) -> None:
             models.load_checkpoint(model, paths[name])
             loaded = paths[name]
             log(f"checkpoint: {loaded}")
-        results.update(evaluate(model, {name: test_set}, cfg, device))
+        results.update(evaluate(model, {name: test_set}, cfg, device, maps_dir))
     report(results, None, log, table, with_mean=True)
 
 
@@ -553,46 +854,173 @@ def checkpoint_has_encoder(path: Path) -> bool:
 
 def run(cfg: Config, argv: Sequence[str] = ()) -> dict[str, list[float]]:
     """Train (multi-class or class-separated) or evaluate, writing the run folder.
-    Returns the final metrics per class (plus 'Mean')."""
+    Returns the final metrics per class (plus 'Mean').
+
+    Every check comes first: nothing is written or downloaded before the data, the batch
+    size, the image files, the checkpoints and (with --resume) the settings are known to fit.
+    """
     if cfg.dataset not in DATASETS:
         raise ValueError(f"unknown dataset {cfg.dataset!r}; one of {DATASETS}")
     if not cfg.device:
         cfg = dataclasses.replace(cfg, device=default_device())
     processes = distributed.world_size()
-    if processes > 1 and cfg.eval_only:
-        raise SystemExit("error: --eval_only runs in one process: start it with python, "
-                         "not torchrun")
+    if processes > 1 and (cfg.eval_only or cfg.demo):
+        raise SystemExit(f"error: {'--eval_only' if cfg.eval_only else '--demo'} runs in one "
+                         "process: start it with python, not torchrun")
     try:
         distributed.local_batch_size(cfg.batch_size, processes)
     except ValueError as err:
         raise SystemExit(f"error: {err}") from None
-    build_datasets(cfg, cfg.classes)  # a bad data path or class fails now, before any output
+    models.vit_encoder.parse_name(cfg.encoder)  # a script may name any encoder: checked now
+    if cfg.demo:
+        prepare_demo_data(cfg)
+    check_inputs(cfg)
+    cfg, random_reason = fetch_encoder_weights(cfg)
+    if cfg.demo and not cfg.resume:
+        cfg = dataclasses.replace(cfg, save_name=free_save_name(cfg.save_dir, cfg.save_name))
+    if cfg.resume:
+        check_resume(cfg, Path(cfg.save_dir) / cfg.save_name)
     main_rank = distributed.rank() == 0  # the only one that writes files and logs
     run_dir = prepare_run_dir(cfg) if main_rank else Path(cfg.save_dir) / cfg.save_name
-    if main_rank:
+    if main_rank and not cfg.resume:  # a resumed run keeps its config.json (the log says how)
         write_config(cfg, run_dir, argv)
     log = RunLog(run_dir / "log.txt" if main_rank else None)
-    table = ResultsTable(run_dir / "results.csv" if main_rank else None)
+    table = ResultsTable(run_dir / "results.csv" if main_rank else None, results_page(cfg))
+    if cfg.resume:
+        table.take_over(resume_limits(cfg, run_dir))
     log(f"{'evaluation of ' + str(cfg.checkpoint) if cfg.eval_only else 'training'}: "
         f"{cfg.dataset}, {len(cfg.classes)} classes, {cfg.encoder}, device {cfg.device}"
         f"{speed_options(cfg, processes)}, results in {run_dir}")
+    if cfg.resume:
+        log(f"--resume: {' '.join([sys.argv[0], *argv])}")
+    banner = demo_banner(cfg, random_reason)
+    for line in banner:
+        log(line)
+    maps_dir = run_dir if cfg.save_maps else None
     if cfg.eval_only:
-        evaluate_checkpoint(cfg, log, table)
+        evaluate_checkpoint(cfg, log, table, maps_dir)
     elif not cfg.separate:
-        train(cfg, cfg.classes, run_dir, log, table, with_mean=True)
+        train(cfg, cfg.classes, run_dir, log, table, with_mean=True, maps_dir=maps_dir)
     else:
         final: dict[str, list[float]] = {}
         for i, name in enumerate(cfg.classes):
             log(f"[{i + 1}/{len(cfg.classes)}] {name}")
             # a fresh model per class, seeded identically (setup_seed inside train)
-            final.update(train(cfg, [name], run_dir / name, log, table, with_mean=False))
+            final.update(train(cfg, [name], run_dir / name, log, table, with_mean=False,
+                               maps_dir=maps_dir))
         if main_rank:  # the summary: every class again, then the mean (reference's sep scripts)
             for name, values in final.items():
                 log(format_result(name, values))
             log(format_result("Mean", mean_result(final)))
             table.add(cfg.total_iters, "Mean", mean_result(final))
             table.save()
+    for line in banner:  # once more, next to the numbers
+        log(line)
     return read_results(table)
+
+
+def prepare_demo_data(cfg: Config) -> None:
+    """`--demo`: build the demo dataset at `cfg.data_path` once (later runs reuse it)."""
+    try:
+        demo_data.build_demo_dataset(cfg.data_path, classes=cfg.classes)
+    except (demo_data.DemoDataError, ValueError) as err:
+        raise SystemExit(f"error: --demo: {err}") from None
+
+
+def check_inputs(cfg: Config) -> None:
+    """The checks that need no model: data folders and classes (DatasetError names the
+    path), the batch size against each training set, every image and mask file (unless
+    --skip_image_check), and --eval_only checkpoints against --encoder."""
+    train_set, test_sets = build_datasets(cfg, cfg.classes)
+    if not cfg.eval_only:
+        # a training set smaller than one batch would silently train zero iterations
+        parts = zip(cfg.classes, train_set.datasets) if cfg.separate else [("", train_set)]
+        for name, part in parts:
+            if len(part) < cfg.batch_size:
+                of = f" of class {name}" if name else ""
+                raise SystemExit(f"error: --batch_size {cfg.batch_size} is larger than the "
+                                 f"training set{of} ({len(part)} images): no full batch to "
+                                 "train on; use a smaller --batch_size.")
+    if not cfg.skip_image_check:
+        files = [] if cfg.eval_only else dataset.image_paths(train_set)
+        for test_set in test_sets.values():
+            files += dataset.image_paths(test_set)
+        dataset.check_images(files)
+    if cfg.eval_only:
+        check_checkpoints_fit(cfg)
+
+
+def fetch_encoder_weights(cfg: Config) -> tuple[Config, str | None]:
+    """Make the encoder weights available now: after the data checks (a wrong data path
+    costs no download), before the run folder exists (a failed download leaves nothing).
+    The demo falls back to a random encoder: returns the changed config and the reason."""
+    if cfg.eval_only and not eval_needs_encoder_weights(cfg):
+        return cfg, None
+    if cfg.encoder_weights == "random":
+        return cfg, "--encoder_weights random was given"
+    if cfg.encoder_weights != "official":
+        if not Path(cfg.encoder_weights).is_file():
+            raise models.EncoderError(f"--encoder_weights {cfg.encoder_weights}: no such file; "
+                                      "pass a .pth in the official DINOv2 format, 'official' or "
+                                      "'random'")
+        return cfg, None
+    try:
+        models.vit_encoder.official_weights(cfg.encoder)
+    except models.EncoderError as err:
+        if not cfg.demo:
+            raise
+        return dataclasses.replace(cfg, encoder_weights="random"), str(err)
+    return cfg, None
+
+
+def demo_banner(cfg: Config, random_reason: str | None) -> list[str]:
+    """The demo's lines on its encoder: loud when it is a random one."""
+    if not cfg.demo:
+        return []
+    if cfg.encoder_weights != "random":
+        return [f"demo: {cfg.encoder} with its pretrained weights, {cfg.total_iters} iterations "
+                "on generated textures (the paper trains 10 000 on real data)"]
+    rule = "!" * 88
+    cached = models.vit_encoder.cached_path(cfg.encoder)
+    return [rule,
+            "!! DEMO WITH A RANDOM ENCODER: these numbers are NOT Dinomaly's. Without the",
+            "!! pretrained DINOv2 features nothing is detected; the run only shows that every",
+            "!! step works, end to end.",
+            f"!! Why: {random_reason}",
+            f"!! For the real demo, download {models.vit_encoder.checkpoint_url(cfg.encoder)}",
+            f"!! to {cached} and run the demo again.",
+            rule]
+
+
+def results_page(cfg: Config) -> Callable[[dict[str, list[float]], int | None], str]:
+    """results.md's page for `cfg`: with the paper's means for the multi-class scripts."""
+    paper = results_report.paper_means(cfg.dataset, cfg.separate)
+    settings = dataclasses.asdict(cfg)
+    if cfg.eval_only:  # the checkpoint's own training is not known here
+        settings["total_iters"] = results_report.PAPER_SETTING["total_iters"]
+    differences = (results_report.paper_differences(settings, ALL_CLASSES[cfg.dataset])
+                   if paper else [])
+    title = (f"{cfg.save_name}: Dinomaly, {results_report.DATASET_TITLES[cfg.dataset]}, "
+             f"{'class-separated' if cfg.separate else 'multi-class'}")
+    if cfg.eval_only:
+        title += f", evaluation of {cfg.checkpoint}"
+
+    def page(results: dict[str, list[float]], iteration: int | None) -> str:
+        return results_report.results_markdown(results, title, iteration, paper, differences)
+    return page
+
+
+def resume_limits(cfg: Config, run_dir: Path) -> dict[str, int]:
+    """`--resume`: per class (and the multi-class Mean), the iteration up to which its
+    results.csv rows stay: that of the checkpoint it continues from (0 without one)."""
+    def saved_iteration(folder: Path) -> int:
+        path = folder / training_state.CHECKPOINT_NAME
+        return int(training_state.load_training_state(path)["iteration"]) if path.is_file() else 0
+
+    if not cfg.separate:
+        iteration = saved_iteration(run_dir)
+        return {name: iteration for name in (*cfg.classes, "Mean")}
+    return {name: saved_iteration(run_dir / name) for name in cfg.classes}
 
 
 def speed_options(cfg: Config, processes: int) -> str:
@@ -615,5 +1043,6 @@ def main(defaults: Config, argv: Sequence[str] | None = None) -> None:
     try:
         with distributed.launched(cfg.device) as device:  # torchrun: join the process group
             run(dataclasses.replace(cfg, device=device), argv)
-    except (dataset.DatasetError, models.CheckpointError, models.EncoderError) as err:
+    except (dataset.DatasetError, models.CheckpointError, models.EncoderError,
+            training_state.TrainingStateError) as err:
         raise SystemExit(f"error: {err}") from None

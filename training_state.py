@@ -1,27 +1,32 @@
 """Resume checkpoints (issue 6): everything a stopped run needs to continue exactly.
 
-    save_training_state(path, model, optimizer, scheduler, progress, config)   # atomic
-    state = load_training_state(path)                                          # checked
-    progress = restore_training_state(state, model, optimizer, scheduler)      # + RNG states
+    save_training_state(path, model, optimizer, scheduler, progress, config, results)  # atomic
+    state = load_training_state(path)                                                 # checked
+    progress = restore_training_state(state, model, optimizer, scheduler)             # + RNG
 
 A checkpoint is one plain dict (`torch.load(..., weights_only=True)` reads it):
 
     format, version       'dinomaly-training-state', 1
+    finished              True once the model's last iteration is done: then model, optimizer,
+                          scheduler and rng are None (model.pth holds the weights), which
+                          keeps a finished run's folder small
     model                 trainable part of the state_dict (bottleneck.*, decoder.*), reference
                           keys: `models.load_checkpoint` reads it too (encoder from its weights)
     optimizer, scheduler  their state_dicts (the scheduler's lr table is rebuilt from the config)
+    scaler                the fp16 loss scaler's state ({} when it is off)
     iteration             iterations done
     epoch, epoch_order,   the epoch in progress, its shuffled order (int64 tensor) and the
     epoch_position        batches of it already trained on: the loop restarts mid-epoch there
     losses                float64 tensor, the loss of every iteration done (exact `loss.item()`)
     restarts              spike restarts so far (`--spike_restart`)
-    rng                   torch CPU and CUDA generators, numpy, random
+    results               the last evaluation's metrics per class
+    rng                   per process (rank order): torch CPU and CUDA generators, numpy, random
     config                the run's settings (`dataclasses.asdict(Config)`)
 
 Exactness: the loop draws from the CPU generator when it creates a DataLoader iterator (the
-worker seed) and when `RandomSampler` starts an epoch (the shuffle seed). `ResumableSampler`
-records each epoch's order; on resume it replays the rest of that order without drawing,
-and the trainer restores the generators saved after the checkpoint's last draw.
+worker seed) and when an epoch starts (the shuffle seed). The batch sampler records each
+epoch's order and replays the rest of it on resume without drawing; the trainer restores
+the generators as they were after the checkpoint's last draw.
 """
 from __future__ import annotations
 
@@ -29,16 +34,16 @@ import math
 import os
 import random
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
-from torch.utils.data import Dataset, RandomSampler, Sampler
 
 from models.vit_encoder import EncoderError, load_strict
 
@@ -65,11 +70,13 @@ RESUME_FREE = frozenset({
     "spike_restart",
     "max_restarts",
     "demo",
+    "cache_images",      # speed (issue 5): the same tensors, the same order of random draws
+    "compile",
 })
 
 
 class TrainingStateError(Exception):
-    """A resume checkpoint that is missing, unreadable, or of another run."""
+    """A resume checkpoint that is missing, unreadable, or does not fit this run."""
 
 
 @dataclass
@@ -115,41 +122,16 @@ def set_rng_state(state: Mapping[str, object]) -> None:
     random.setstate((version, tuple(internal), gauss_next))
 
 
-# ----------------------------------------------------------------------------- data order
-
-class ResumableSampler(Sampler[int]):
-    """`RandomSampler(data_source)` that records each epoch's order and can resume one.
-
-    A normal epoch draws its shuffle seed from the CPU generator exactly as `RandomSampler`
-    does, at the same moment (the first index requested), so a run is RNG-identical to
-    `DataLoader(..., shuffle=True)`. After `resume(order, start)` the next epoch yields
-    `order[start:]` and draws nothing.
-    """
-
-    def __init__(self, data_source: Dataset) -> None:
-        self.inner = RandomSampler(data_source)
-        self.order: list[int] | None = None  # the current epoch's full order
-        self._pending: tuple[list[int], int] | None = None
-
-    def __len__(self) -> int:
-        return len(self.inner)
-
-    def resume(self, order: Sequence[int], start: int) -> None:
-        """Make the next epoch the rest of `order`, from sample `start` on."""
-        if sorted(order) != list(range(len(self.inner))):
-            raise TrainingStateError(f"the saved epoch order does not fit the training set "
-                                     f"({len(order)} entries for {len(self.inner)} images): "
-                                     "the training images changed since the checkpoint")
-        self._pending = (list(order), start)
-
-    def __iter__(self) -> Iterator[int]:
-        if self._pending is not None:
-            self.order, start = self._pending
-            self._pending = None
-        else:
-            self.order = list(self.inner)  # the epoch's seed is drawn here, as RandomSampler
-            start = 0
-        yield from self.order[start:]
+def all_rng_states() -> list[dict[str, object]]:
+    """`rng_state()` of every process of a torch.distributed run, in rank order (each rank
+    draws its own dropout masks); `[rng_state()]` with one process. Collective: every rank
+    must call it."""
+    state = rng_state()
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [state]
+    states: list[object] = [None] * dist.get_world_size()
+    dist.all_gather_object(states, state)
+    return states  # type: ignore[return-value]
 
 
 # ----------------------------------------------------------------------------- files
@@ -192,17 +174,36 @@ def trainable_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def save_training_state(path: str | os.PathLike, model: nn.Module, optimizer: Optimizer,
                         scheduler: LRScheduler, progress: Progress,
-                        config: Mapping[str, object]) -> None:
-    """Write a resume checkpoint atomically (see the module docstring for its content).
-    Call it where the RNG states are the ones the next iteration should start from."""
-    scheduler_state = {k: v for k, v in scheduler.state_dict().items()
-                       if not isinstance(v, np.ndarray)}  # the lr table: rebuilt from config
+                        config: Mapping[str, object],
+                        results: Mapping[str, Sequence[float]],
+                        rng: Sequence[Mapping[str, object]] | None = None,
+                        scaler: torch.amp.GradScaler | None = None,
+                        finished: bool = False) -> None:
+    """Write a checkpoint atomically (content: the module docstring). Call it where the
+    RNG states are the ones the next iteration starts from.
+
+    Args:
+        rng: every process's RNG states (`all_rng_states()`); default this process's.
+        scaler: the fp16 loss scaler, if any.
+        finished: the last iteration is done: only progress, results and config are kept.
+    """
+    scaler_state = {} if scaler is None or finished else scaler.state_dict()
+    if finished:
+        model_state = optimizer_state = scheduler_state = rng = None
+    else:
+        model_state = trainable_state_dict(model)
+        optimizer_state = optimizer.state_dict()
+        scheduler_state = {k: v for k, v in scheduler.state_dict().items()
+                           if not isinstance(v, np.ndarray)}  # the lr table: rebuilt from config
+        rng = list(rng) if rng is not None else [rng_state()]
     state = {
         "format": FORMAT,
         "version": VERSION,
-        "model": trainable_state_dict(model),
-        "optimizer": optimizer.state_dict(),
+        "finished": finished,
+        "model": model_state,
+        "optimizer": optimizer_state,
         "scheduler": scheduler_state,
+        "scaler": scaler_state,
         "iteration": progress.iteration,
         "epoch": progress.epoch,
         "epoch_order": (None if progress.epoch_order is None
@@ -210,18 +211,18 @@ def save_training_state(path: str | os.PathLike, model: nn.Module, optimizer: Op
         "epoch_position": progress.epoch_position,
         "losses": torch.tensor(progress.losses, dtype=torch.float64),
         "restarts": progress.restarts,
-        "rng": rng_state(),
+        "results": {str(k): [float(v) for v in vals] for k, vals in results.items()},
+        "rng": rng,
         "config": _plain(config),
     }
     atomic_save(state, path)
 
 
 def load_training_state(path: str | os.PathLike) -> dict[str, object]:
-    """Read a resume checkpoint (`weights_only`: no code runs); errors name the file."""
+    """Read a checkpoint (`weights_only`: no code runs); errors name the file."""
     path = Path(path)
     if not path.is_file():
-        raise TrainingStateError(f"no resume checkpoint at {path}: --resume needs a run that "
-                                 f"saved one (at every evaluation, or --checkpoint_every N)")
+        raise TrainingStateError(f"no resume checkpoint at {path}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
@@ -234,10 +235,23 @@ def load_training_state(path: str | os.PathLike) -> dict[str, object]:
     return state
 
 
+def progress_of(state: Mapping[str, object]) -> Progress:
+    """The `Progress` recorded in a checkpoint."""
+    order = state["epoch_order"]
+    return Progress(iteration=int(state["iteration"]), epoch=int(state["epoch"]),
+                    epoch_order=None if order is None else order.tolist(),
+                    epoch_position=int(state["epoch_position"]),
+                    losses=state["losses"].tolist(), restarts=int(state["restarts"]))
+
+
 def restore_training_state(state: Mapping[str, object], model: nn.Module, optimizer: Optimizer,
-                           scheduler: LRScheduler, rng: bool = True) -> Progress:
-    """Load model (trainable part), optimizer and scheduler from `state`, and the RNG
-    states unless `rng=False` (a spike restart reseeds instead). Returns the progress."""
+                           scheduler: LRScheduler, rng_index: int | None = 0,
+                           scaler: torch.amp.GradScaler | None = None) -> Progress:
+    """Load model (trainable part), optimizer, scheduler (and `scaler`) from an unfinished
+    checkpoint, and the RNG states of process `rng_index` (None: leave the generators alone,
+    e.g. a spike restart that reseeds). Returns the progress."""
+    if state["finished"]:
+        raise TrainingStateError("the checkpoint is of a finished run: nothing to restore")
     encoder = {k: v for k, v in model.state_dict().items() if k.startswith("encoder.")}
     try:  # strict: every trainable key, every shape, or one error listing the mismatches
         load_strict(model, {**encoder, **state["model"]}, "the resume checkpoint")
@@ -245,13 +259,11 @@ def restore_training_state(state: Mapping[str, object], model: nn.Module, optimi
         raise TrainingStateError(str(err)) from None
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict({**scheduler.state_dict(), **state["scheduler"]})
-    if rng:
-        set_rng_state(state["rng"])
-    order = state["epoch_order"]
-    return Progress(iteration=int(state["iteration"]), epoch=int(state["epoch"]),
-                    epoch_order=None if order is None else order.tolist(),
-                    epoch_position=int(state["epoch_position"]),
-                    losses=state["losses"].tolist(), restarts=int(state["restarts"]))
+    if scaler is not None and state["scaler"]:
+        scaler.load_state_dict(state["scaler"])
+    if rng_index is not None:
+        set_rng_state(state["rng"][rng_index])
+    return progress_of(state)
 
 
 # ----------------------------------------------------------------------------- config

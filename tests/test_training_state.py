@@ -1,5 +1,5 @@
-"""training_state.py: RNG capture, the resumable sampler, atomic checkpoint writes,
-save/restore round trip and the config comparison (the end-to-end resume is in test_resume.py)."""
+"""training_state.py: RNG capture, atomic checkpoint writes, save/restore round trip and
+the config comparison (the end-to-end resume of the trainer is in test_resume.py)."""
 from __future__ import annotations
 
 import random
@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
 
 import training_state as ts
 import utils
@@ -40,40 +39,6 @@ def test_rng_state_survives_weights_only_file(tmp_path):
     assert draws() == first
 
 
-def batches(loader: DataLoader) -> list[list[int]]:
-    return [b[0].tolist() for b in loader]
-
-
-def test_sampler_equals_shuffle_and_resumes_without_drawing():
-    data = TensorDataset(torch.arange(10))
-    torch.manual_seed(7)
-    plain = DataLoader(data, batch_size=3, shuffle=True, drop_last=True)
-    expected = [batches(plain) for _ in range(3)]
-    after_plain = torch.rand(1)
-
-    torch.manual_seed(7)
-    sampler = ts.ResumableSampler(data)
-    loader = DataLoader(data, batch_size=3, sampler=sampler, drop_last=True)
-    got = []
-    for _ in range(3):
-        got.append(batches(loader))
-        assert sorted(sampler.order) == list(range(10))  # the epoch's full order, recorded
-    assert got == expected and len(loader) == 3
-    assert torch.equal(torch.rand(1), after_plain)  # the same draws from the CPU generator
-    assert [sampler.order[i:i + 3] for i in (0, 3, 6)] == expected[-1]
-
-    # resume the last epoch after its first batch: the rest of it, and nothing drawn
-    sampler.resume(sampler.order, start=3)
-    before = torch.get_rng_state()
-    rest = list(iter(sampler))
-    assert torch.equal(torch.get_rng_state(), before)
-    assert rest == sampler.order[3:]
-    assert list(iter(sampler)) != rest  # the next epoch is a fresh shuffle again
-
-    with pytest.raises(ts.TrainingStateError, match="training images changed"):
-        sampler.resume(list(range(9)), 0)
-
-
 def small_run() -> tuple[nn.Module, torch.optim.Optimizer, utils.WarmCosineScheduler]:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 8), nn.GELU(), nn.Linear(8, 1))
@@ -98,7 +63,8 @@ def test_save_restore_continues_identically(tmp_path):
     progress = ts.Progress(iteration=4, epoch=1, epoch_order=[2, 0, 1], epoch_position=1,
                            losses=losses, restarts=2)
     cfg = {"seed": 1, "classes": ("a", "b"), "lr": 1e-2}
-    ts.save_training_state(tmp_path / "c.pth", model, opt, sched, progress, cfg)
+    ts.save_training_state(tmp_path / "c.pth", model, opt, sched, progress, cfg,
+                           {"a": [0.5] * 7})
     lr_at_save = opt.param_groups[0]["lr"]
     later = [step(model, opt, sched) for _ in range(3)]
     weights = {k: v.clone() for k, v in model.state_dict().items()}
@@ -107,6 +73,7 @@ def test_save_restore_continues_identically(tmp_path):
     torch.manual_seed(123)
     state = ts.load_training_state(tmp_path / "c.pth")
     assert state["config"] == {"seed": 1, "classes": ["a", "b"], "lr": 1e-2}
+    assert not state["finished"] and len(state["rng"]) == 1
     got = ts.restore_training_state(state, model2, opt2, sched2)
     assert got == progress
     assert sched2.last_epoch == 4 and opt2.param_groups[0]["lr"] == lr_at_save != 0
@@ -116,9 +83,39 @@ def test_save_restore_continues_identically(tmp_path):
     assert opt2.param_groups[0]["lr"] == opt.param_groups[0]["lr"]
 
 
+def test_fp16_loss_scaler_state_round_trip(tmp_path):
+    model, opt, sched = small_run()
+    scaler = torch.amp.GradScaler("cpu", init_scale=512.0, growth_interval=7)
+    ts.save_training_state(tmp_path / "c.pth", model, opt, sched, ts.Progress(), {}, {},
+                           scaler=scaler)
+    fresh = torch.amp.GradScaler("cpu")
+    ts.restore_training_state(ts.load_training_state(tmp_path / "c.pth"), model, opt, sched,
+                              scaler=fresh)
+    assert fresh.get_scale() == 512.0 and fresh.get_growth_interval() == 7
+    ts.save_training_state(tmp_path / "d.pth", model, opt, sched, ts.Progress(), {}, {})
+    assert ts.load_training_state(tmp_path / "d.pth")["scaler"] == {}  # none: nothing restored
+    ts.restore_training_state(ts.load_training_state(tmp_path / "d.pth"), model, opt, sched,
+                              scaler=fresh)
+    assert fresh.get_scale() == 512.0
+
+
+def test_finished_checkpoint_is_small_and_keeps_progress_and_results(tmp_path):
+    model, opt, sched = small_run()
+    step(model, opt, sched)
+    progress = ts.Progress(iteration=20, epoch=3, losses=[0.5, 0.25])
+    ts.save_training_state(tmp_path / "c.pth", model, opt, sched, progress, {"seed": 1},
+                           {"aaa": [1, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5]}, finished=True)
+    state = ts.load_training_state(tmp_path / "c.pth")
+    assert state["finished"] and state["model"] is None and state["optimizer"] is None
+    assert state["rng"] is None and ts.progress_of(state) == progress
+    assert state["results"] == {"aaa": [1.0, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5]}
+    with pytest.raises(ts.TrainingStateError, match="finished"):
+        ts.restore_training_state(state, model, opt, sched)
+
+
 def test_restore_refuses_another_model(tmp_path):
     model, opt, sched = small_run()
-    ts.save_training_state(tmp_path / "c.pth", model, opt, sched, ts.Progress(), {})
+    ts.save_training_state(tmp_path / "c.pth", model, opt, sched, ts.Progress(), {}, {})
     other = nn.Sequential(nn.Linear(4, 16), nn.GELU(), nn.Linear(16, 1))
     opt2 = utils.StableAdamW(list(other.parameters()))
     sched2 = utils.WarmCosineScheduler(opt2, 1e-2, 1e-3, total_iters=20)
@@ -131,7 +128,8 @@ def test_a_write_that_dies_midway_keeps_the_last_good_checkpoint(tmp_path, monke
     The checkpoint at the final path is the previous, complete one."""
     model, opt, sched = small_run()
     path = tmp_path / "run" / ts.CHECKPOINT_NAME
-    ts.save_training_state(path, model, opt, sched, ts.Progress(iteration=4, losses=[1.0] * 4), {})
+    ts.save_training_state(path, model, opt, sched, ts.Progress(iteration=4, losses=[1.0] * 4),
+                           {}, {})
     good = path.read_bytes()
     step(model, opt, sched)
 
@@ -144,7 +142,7 @@ def test_a_write_that_dies_midway_keeps_the_last_good_checkpoint(tmp_path, monke
 
     monkeypatch.setattr(torch, "save", dying_save)
     with pytest.raises(KeyboardInterrupt):
-        ts.save_training_state(path, model, opt, sched, ts.Progress(iteration=5), {})
+        ts.save_training_state(path, model, opt, sched, ts.Progress(iteration=5), {}, {})
     monkeypatch.undo()
     assert path.read_bytes() == good
     assert ts.load_training_state(path)["iteration"] == 4
@@ -152,7 +150,7 @@ def test_a_write_that_dies_midway_keeps_the_last_good_checkpoint(tmp_path, monke
 
     # a temporary file left by a SIGKILL (no chance to clean up) is removed by the next save
     (path.parent / f".{ts.CHECKPOINT_NAME}.abc123.tmp").write_bytes(b"partial")
-    ts.save_training_state(path, model, opt, sched, ts.Progress(iteration=5), {})
+    ts.save_training_state(path, model, opt, sched, ts.Progress(iteration=5), {}, {})
     assert [p.name for p in path.parent.iterdir()] == [ts.CHECKPOINT_NAME]
     assert ts.load_training_state(path)["iteration"] == 5
 
@@ -161,7 +159,7 @@ def test_load_errors_name_the_file(tmp_path):
     with pytest.raises(ts.TrainingStateError, match="no resume checkpoint at .*c.pth"):
         ts.load_training_state(tmp_path / "c.pth")
     model, opt, sched = small_run()
-    ts.save_training_state(tmp_path / "c.pth", model, opt, sched, ts.Progress(), {})
+    ts.save_training_state(tmp_path / "c.pth", model, opt, sched, ts.Progress(), {}, {})
     data = (tmp_path / "c.pth").read_bytes()
     (tmp_path / "c.pth").write_bytes(data[: len(data) // 2])
     with pytest.raises(ts.TrainingStateError, match="cannot read resume checkpoint .*c.pth"):
