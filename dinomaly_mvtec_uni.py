@@ -1,6 +1,7 @@
 """Dinomaly on MVTec AD, multi-class: one model for all 15 classes (spec §4).
 
     python dinomaly_mvtec_uni.py --data_path ../mvtec_anomaly_detection
+    python dinomaly_mvtec_uni.py --demo    # generated data, a few minutes on a CPU (see --help)
 
 Edit the settings below, or override any of them on the command line (--help).
 """
