@@ -25,13 +25,14 @@ import functools
 import json
 import os
 import shutil
-import tempfile
 import zlib
 from pathlib import Path
 from typing import Sequence
 
 import cv2
 import numpy as np
+
+from fileio import atomic_write_bytes, atomic_write_text
 
 __all__ = ["build_demo_dataset", "DemoDataError", "TEXTURES", "DEFECTS", "MARKER", "expected_files"]
 
@@ -158,23 +159,7 @@ def _write_png(path: Path, image: np.ndarray) -> None:
     ok, data = cv2.imencode(".png", image)
     if not ok:
         raise OSError(f"cannot encode PNG for {path}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.tobytes())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    atomic_write_bytes(path, data.tobytes())
 
 
 def _defect_counts(n_test_bad: int) -> dict[str, int]:
@@ -265,13 +250,13 @@ def build_demo_dataset(root: str | os.PathLike = "demo_data",
 
     # ours (or new): flag the build first, so an interrupted build is recognised and redone
     root.mkdir(parents=True, exist_ok=True)
-    _write_text(building, json.dumps(params))
+    atomic_write_text(building, json.dumps(params))
     marker.unlink(missing_ok=True)
     for c in set(classes) | set((old or {}).get("classes", [])):
         if c in TEXTURES and (root / c).is_dir():
             shutil.rmtree(root / c)  # a class folder of an earlier build: drop stale images
     for name in classes:
         _build_class(root, name, classes, n_train, n_test_good, n_test_bad, size, seed)
-    _write_text(marker, json.dumps({**params, "files": len(files)}, indent=1))
+    atomic_write_text(marker, json.dumps({**params, "files": len(files)}, indent=1))
     building.unlink()
     return root

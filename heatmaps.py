@@ -20,7 +20,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Sequence
@@ -28,6 +27,8 @@ from typing import Sequence
 import cv2
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+
+from fileio import atomic_write_bytes
 
 __all__ = [
     "save_class_heatmaps", "class_scale", "format_scale", "format_number", "colorize",
@@ -286,21 +287,11 @@ def render_histogram(scores: np.ndarray, labels: np.ndarray, title: str, bins: i
 # ----------------------------------------------------------------------------- files
 
 def write_png_atomic(path: Path, image: np.ndarray) -> None:
-    """Encode ``image`` (BGR or grey uint8) as PNG and put it at ``path`` atomically:
-    a temporary file in the same folder, renamed over ``path`` (a crash never leaves a
-    half-written PNG; concurrent writers never share a temporary name)."""
+    """Encode ``image`` (BGR or grey uint8) as PNG and put it at ``path`` atomically."""
     ok, data = cv2.imencode(".png", image)
     if not ok:
         raise OSError(f"cannot encode PNG for {path}")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.tobytes())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write_bytes(path, data.tobytes())
 
 
 def heatmap_path(out_dir: str | os.PathLike, class_name: str, img_path: str | os.PathLike,

@@ -54,6 +54,7 @@ from tqdm import tqdm
 
 import dataset
 import demo_data
+from fileio import atomic_write
 import distributed
 import evaluation
 import heatmaps
@@ -315,17 +316,6 @@ def discover_classes(kind: str, root: str) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- files and log
-
-def atomic_write(path: Path, write: Callable[[io.IOBase], None], binary: bool = False) -> None:
-    """Write through `write(file)` into a temporary file beside `path`, then rename it
-    over `path`: a crash never leaves a half-written file at `path`."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb" if binary else "w", newline=None if binary else "") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
 
 def save_model(model: nn.Module, path: Path) -> None:
     """The full `model.state_dict()` (reference keys: loads in the reference as it is)."""

@@ -33,7 +33,6 @@ from __future__ import annotations
 import math
 import os
 import random
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +44,7 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
+from fileio import atomic_write
 from models.vit_encoder import EncoderError, load_strict
 
 CHECKPOINT_NAME = "checkpoint.pth"
@@ -137,33 +137,8 @@ def all_rng_states() -> list[dict[str, object]]:
 # ----------------------------------------------------------------------------- files
 
 def atomic_save(obj: object, path: str | os.PathLike) -> None:
-    """`torch.save(obj)` to a temporary file in `path`'s folder, fsync, then rename over
-    `path`: a crash or kill at any moment leaves either the old file or the new one,
-    never a partial file at `path`. A failed write removes its temporary file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a killed earlier write
-        stale.unlink(missing_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    try:  # make the rename itself durable (not possible on every platform)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dir_fd)
-    except OSError:
-        pass
-    finally:
-        os.close(dir_fd)
+    """`torch.save(obj)` at `path`, atomically (`fileio.atomic_write`)."""
+    atomic_write(path, lambda f: torch.save(obj, f), binary=True)
 
 
 def trainable_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -8,13 +8,14 @@ named in the error message at the path it gives, or pass `weights=<path to .pth>
 """
 import os
 import sys
-import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from fileio import atomic_write
 
 from .dinov2 import DinoVisionTransformer
 
@@ -55,29 +56,22 @@ def cached_path(name: str) -> Path:
 
 
 def download(url: str, dst: Path, progress: bool = True) -> Path:
-    """Download `url` to `dst` atomically: a temporary file in the same folder, a size
-    check against Content-Length, then `os.replace`. A failed download leaves nothing."""
+    """Download `url` to `dst` atomically (`fileio.atomic_write`), checking the size
+    against Content-Length. A failed download leaves nothing at `dst`."""
     from tqdm import tqdm
 
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=dst.name + ".", suffix=".partial")
-    try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=30) as resp:
+    def fetch(out) -> None:
+        with urllib.request.urlopen(url, timeout=30) as resp:
             expected = int(resp.headers.get("Content-Length") or 0)
             with tqdm(total=expected or None, unit="B", unit_scale=True, disable=not progress,
                       desc=dst.name, file=sys.stderr) as bar:
                 while chunk := resp.read(1 << 20):
                     out.write(chunk)
                     bar.update(len(chunk))
-            out.flush()
-            os.fsync(out.fileno())
-            size = out.tell()
-        if expected and size != expected:
-            raise OSError(f"incomplete download: {size} of {expected} bytes")
-        os.replace(tmp, dst)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        if expected and out.tell() != expected:
+            raise OSError(f"incomplete download: {out.tell()} of {expected} bytes")
+
+    atomic_write(dst, fetch, binary=True)
     return dst
 
 

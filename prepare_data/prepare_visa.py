@@ -29,6 +29,9 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, when run as a script
+from fileio import atomic_write_bytes  # noqa: E402
+
 SPLIT_TYPES = ("1cls", "2cls_highshot", "2cls_fewshot")
 CSV_HEADER = ["object", "split", "label", "image", "mask"]
 SPLITS = ("train", "test")
@@ -76,18 +79,6 @@ def _same_content(dst: Path, data: bytes, is_mask: bool) -> bool:
             return a.mode == b.mode and np.array_equal(np.array(a), np.array(b))
     except OSError:
         return False
-
-
-def _write_atomic(dst: Path, data: bytes) -> None:
-    """Write via a temporary file in the same folder, then rename: no half-written file on a kill."""
-    tmp = dst.with_name(f".{dst.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, dst)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def read_split(split_file: Path, data_folder: Path, split_type: str) -> list[tuple[Path, Path, bool]]:
@@ -172,7 +163,7 @@ def prepare(split_type: str, data_folder: str | os.PathLike, save_folder: str | 
         target = out_root / dst
         if target.exists() and _same_content(target, data, is_mask):
             return False
-        _write_atomic(target, data)
+        atomic_write_bytes(target, data)
         return True
 
     with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
