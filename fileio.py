@@ -10,13 +10,21 @@ from pathlib import Path
 from typing import IO
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[IO], object], binary: bool = False) -> None:
+def atomic_write(path: str | os.PathLike, write: Callable[[IO], object], binary: bool = False,
+                 remove_stale: bool = False) -> None:
     """Write through `write(file)` into a temporary file in `path`'s folder, fsync, then
-    rename it over `path`. A failed write removes its temporary file and re-raises."""
+    rename it over `path`. A failed write removes its temporary file and re-raises.
+
+    `remove_stale`: first delete temporary files of `path` left by a killed earlier write
+    (for large files written by one process only, e.g. checkpoints: with concurrent
+    writers of one path, e.g. every torchrun process fetching the weights, it would delete
+    another writer's file in progress).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a killed earlier write
-        stale.unlink(missing_ok=True)
+    if remove_stale:
+        for stale in path.parent.glob(f".{path.name}.*.tmp"):
+            stale.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         # newline="": text is written as given (csv writes its own line ends)

@@ -138,7 +138,7 @@ def all_rng_states() -> list[dict[str, object]]:
 
 def atomic_save(obj: object, path: str | os.PathLike) -> None:
     """`torch.save(obj)` at `path`, atomically (`fileio.atomic_write`)."""
-    atomic_write(path, lambda f: torch.save(obj, f), binary=True)
+    atomic_write(path, lambda f: torch.save(obj, f), binary=True, remove_stale=True)
 
 
 def trainable_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
