@@ -114,37 +114,46 @@ class StableAdamW(Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            beta1, beta2 = group["betas"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                grad = p.grad
-                if grad.is_sparse:
-                    raise RuntimeError("StableAdamW does not support sparse gradients")
-                p.mul_(1 - group["lr"] * group["weight_decay"])  # decoupled weight decay
+            params = [p for p in group["params"] if p.grad is not None]
+            # pass 1: moments and rms(g / denom) of every parameter, fetched from the device
+            # in one transfer (one sync per step instead of one per parameter)
+            rms = [self._update_moments(p, group) for p in params]
+            rms = torch.stack(rms).tolist() if rms else []
+            # pass 2: the clipped update (denom recomputed: the same values, no extra memory)
+            for p, r in zip(params, rms):
                 state = self.state[p]
-                if len(state) == 0:
-                    state["step"] = 0
-                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    if group["amsgrad"]:
-                        state["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                state["step"] += 1
-                exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
-                bias_correction1 = 1 - beta1 ** state["step"]
-                bias_correction2 = 1 - beta2 ** state["step"]
-                exp_avg.mul_(beta1).add_(grad, alpha=1 - beta1)
-                exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-                if group["amsgrad"]:
-                    torch.maximum(state["max_exp_avg_sq"], exp_avg_sq, out=state["max_exp_avg_sq"])
-                    second = state["max_exp_avg_sq"]
-                else:
-                    second = exp_avg_sq
-                denom = (second.sqrt() / math.sqrt(bias_correction2)).add_(group["eps"])
-                rms = grad.div(denom).pow(2).mean().sqrt().item()
-                step_size = group["lr"] / bias_correction1 / max(1.0, rms / self.clip_threshold)
-                p.addcdiv_(exp_avg, denom, value=-step_size)
+                p.mul_(1 - group["lr"] * group["weight_decay"])  # decoupled weight decay
+                step_size = (group["lr"] / (1 - group["betas"][0] ** state["step"])
+                             / max(1.0, r / self.clip_threshold))
+                p.addcdiv_(state["exp_avg"], self._denom(state, group), value=-step_size)
         return loss
+
+    def _update_moments(self, p: torch.Tensor, group: dict) -> torch.Tensor:
+        """Advance the step count and moments of `p`; returns `rms(grad / denom)` (0-dim)."""
+        grad = p.grad
+        if grad.is_sparse:
+            raise RuntimeError("StableAdamW does not support sparse gradients")
+        beta1, beta2 = group["betas"]
+        state = self.state[p]
+        if len(state) == 0:
+            state["step"] = 0
+            state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            if group["amsgrad"]:
+                state["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        state["step"] += 1
+        state["exp_avg"].mul_(beta1).add_(grad, alpha=1 - beta1)
+        state["exp_avg_sq"].mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        if group["amsgrad"]:
+            torch.maximum(state["max_exp_avg_sq"], state["exp_avg_sq"], out=state["max_exp_avg_sq"])
+        return grad.div(self._denom(state, group)).pow(2).mean().sqrt()
+
+    @staticmethod
+    def _denom(state: dict, group: dict) -> torch.Tensor:
+        """`sqrt(v) / sqrt(1 - β2^t) + eps`, v the (max, with AMSGrad) second moment."""
+        second = state["max_exp_avg_sq"] if group["amsgrad"] else state["exp_avg_sq"]
+        bias_correction2 = 1 - group["betas"][1] ** state["step"]
+        return (second.sqrt() / math.sqrt(bias_correction2)).add_(group["eps"])
 
 
 # -------------------------------------------------------------------------------- schedule
