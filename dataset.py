@@ -235,7 +235,36 @@ def discover_classes(root: str | os.PathLike) -> list[str]:
     return classes
 
 
-class MVTecDataset(Dataset):
+class _AnomalyDataset(Dataset):
+    """What the MVTec and Real-IAD datasets share: per item an image (``self.images``), a
+    label, a mask path (None for normal images) and the image path."""
+
+    images: _ImageSource
+    img_paths: list[str]
+    gt_paths: list[str | None]
+    labels: list[int]
+    gt_transform: Callable
+
+    def __len__(self) -> int:
+        return len(self.img_paths)
+
+    def test_item(self, idx: int) -> tuple[torch.Tensor, torch.Tensor, int, str]:
+        """``(img, gt, label, img_path)``: ``gt`` all zeros ``1 × H × W`` for a normal image,
+        else its transformed mask, which must match the image's size."""
+        img = self.images(idx)
+        label = self.labels[idx]
+        img_path = self.img_paths[idx]
+        if label == 0:
+            gt = torch.zeros([1, img.shape[-2], img.shape[-1]])
+        else:
+            gt = self.gt_transform(_load_mask(self.gt_paths[idx]))
+        if img.shape[1:] != gt.shape[1:]:
+            raise DatasetError(f"mask {self.gt_paths[idx]} gives {tuple(gt.shape[1:])} after the transform, "
+                               f"image {img_path} gives {tuple(img.shape[1:])} — use get_data_transforms' pair")
+        return img, gt, label, img_path
+
+
+class MVTecDataset(_AnomalyDataset):
     """One class folder ``root = <data>/<class>`` in the MVTec AD layout (spec §1).
 
     phase ``'test'``: items ``(img, gt, label, img_path)`` from ``test/<defect>/`` in sorted defect
@@ -307,24 +336,11 @@ class MVTecDataset(Dataset):
             raise DatasetError(f"no test images found in {test_dir}/<defect>/ — expected *.png, *.JPG, "
                                "*.jpg or *.bmp files")
 
-    def __len__(self) -> int:
-        return len(self.img_paths)
-
     def __getitem__(self, idx: int) -> tuple:
-        img = self.images(idx)
-        label = self.labels[idx]
-        img_path = self.img_paths[idx]
-        if label == 0:
-            gt = torch.zeros([1, img.shape[-2], img.shape[-1]])
-        else:
-            gt = self.gt_transform(_load_mask(self.gt_paths[idx]))
-        if img.shape[1:] != gt.shape[1:]:
-            raise DatasetError(f"mask {self.gt_paths[idx]} gives {tuple(gt.shape[1:])} after the transform, "
-                               f"image {img_path} gives {tuple(img.shape[1:])} — use get_data_transforms' pair")
-        return img, gt, label, img_path
+        return self.test_item(idx)  # the reference's 4-tuple in both phases
 
 
-class RealIADDataset(Dataset):
+class RealIADDataset(_AnomalyDataset):
     """One Real-IAD category (spec §1): items ``(img, label)`` for ``'train'``,
     ``(img, gt, label, img_path)`` for ``'test'``; ``anomaly_class == 'OK'`` is label 0 with an
     all-zero ``1 × H × W`` gt, anything else label 1 with the mask at ``mask_path``.
@@ -370,19 +386,10 @@ class RealIADDataset(Dataset):
             raise DatasetError(f"the '{phase}' list in {json_path} is empty")
         self.images = _ImageSource(self.img_paths, transform, cache_images)
 
-    def __len__(self) -> int:
-        return len(self.img_paths)
-
     def __getitem__(self, idx: int) -> tuple:
-        img = self.images(idx)
-        label = self.labels[idx]
         if self.phase == "train":
-            return img, label
-        if label == 0:
-            gt = torch.zeros([1, img.shape[-2], img.shape[-1]])
-        else:
-            gt = self.gt_transform(_load_mask(self.gt_paths[idx]))
-        return img, gt, label, self.img_paths[idx]
+            return self.images(idx), self.labels[idx]
+        return self.test_item(idx)
 
 
 # ---------------------------------------------------------------- training set of the MVTec/VisA scripts

@@ -834,12 +834,11 @@ def evaluate_checkpoint(cfg: Config, log: RunLog, table: ResultsTable,
 def checkpoint_has_encoder(path: Path) -> bool:
     """Whether a checkpoint file holds the encoder weights too (a full state_dict)."""
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:
+        state_dict = models.checkpoint.model_state_dict(
+            models.vit_encoder.load_file(path, "checkpoint"), path)
+    except models.EncoderError:
         return False  # load_checkpoint reports it properly
-    obj = obj.get("model", obj) if isinstance(obj, dict) else obj
-    return isinstance(obj, dict) and any(str(k).removeprefix("module.").startswith("encoder.")
-                                         for k in obj)
+    return any(k.startswith("encoder.") for k in state_dict)
 
 
 def run(cfg: Config, argv: Sequence[str] = ()) -> dict[str, list[float]]:
