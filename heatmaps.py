@@ -28,6 +28,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from dataset import load_rgb
 from fileio import atomic_write_bytes
 
 __all__ = [
@@ -109,11 +110,10 @@ def colorize(amap: np.ndarray, vmin: float, vmax: float) -> np.ndarray:
 
 def load_view(path: str | os.PathLike, image_size: int, crop_size: int,
               out_hw: tuple[int, int]) -> np.ndarray:
-    """The input as the model saw it, for display: open, RGB, resize to
-    ``image_size²`` (bilinear), centre-crop ``crop_size`` (torchvision's rounding),
-    resize to ``out_hw = (H, W)`` (bilinear). Returns ``H × W × 3`` uint8 BGR."""
-    with Image.open(path) as img:
-        img = img.convert("RGB").resize((image_size, image_size), Image.BILINEAR)
+    """The input as the model saw it, for display: open as RGB (``dataset.load_rgb``, the
+    training's reader), resize to ``image_size²`` (bilinear), centre-crop ``crop_size``
+    (torchvision's rounding), resize to ``out_hw = (H, W)`` (bilinear). Returns ``H × W × 3`` uint8 BGR."""
+    img = load_rgb(path).resize((image_size, image_size), Image.BILINEAR)
     top = int(round((image_size - crop_size) / 2.0))
     img = img.crop((top, top, top + crop_size, top + crop_size))
     img = img.resize((out_hw[1], out_hw[0]), Image.BILINEAR)

@@ -102,13 +102,17 @@ def test_mvtec_test_items(mvtec, transforms_):
 
 
 def test_mvtec_pairs_by_sorted_order_not_by_name(mvtec, transforms_):
-    """Masks need not share names with images: the reference pairs sorted lists."""
+    """Masks need not share names with images: without a name match, the reference's sorted lists
+    pair them, and a note says so."""
     gt_dir = mvtec / "aaa" / "ground_truth" / "crack"
     (gt_dir / "000_mask.png").rename(gt_dir / "a.png")
     (gt_dir / "001_mask.png").rename(gt_dir / "b.png")
     ds = dataset.MVTecDataset(mvtec / "aaa", *transforms_, phase="test")
     assert ds.gt_paths[:2] == [str(gt_dir / "a.png"), str(gt_dir / "b.png")]
     assert [Path(p).name for p in ds.img_paths[:2]] == ["000.png", "001.png"]
+    assert ds.notes == [f"ground_truth/crack of {mvtec / 'aaa'}: masks paired with images by sorted order "
+                        "(no X_mask.png or X.png for 000.png, 001.png)"]
+    assert dataset.MVTecDataset(mvtec / "bbb", *transforms_, phase="test").notes == []  # paired by name
 
 
 def test_mvtec_test_batches_collate(mvtec, transforms_):
@@ -123,17 +127,24 @@ def test_mvtec_extensions(mvtec, transforms_):
     Image.open(good / "000.png").convert("RGB").save(good / "x.jpg")
     Image.open(good / "000.png").convert("RGB").save(good / "y.JPG")
     Image.open(good / "000.png").save(good / "z.bmp")
-    Image.open(good / "000.png").save(good / "w.tif")  # not read by the reference: ignored
+    Image.open(good / "000.png").save(good / "w.tif")  # not read by the reference; the training set's rule takes it
     (good / "notes.txt").write_text("not an image")
     ds = dataset.MVTecDataset(mvtec / "aaa", *transforms_, phase="test")
-    assert [Path(p).name for p in ds.img_paths if "/good/" in p] == ["000.png", "001.png", "x.jpg", "y.JPG", "z.bmp"]
+    assert [Path(p).name for p in ds.img_paths if "/good/" in p] == ["000.png", "001.png", "w.tif", "x.jpg",
+                                                                     "y.JPG", "z.bmp"]
+    w = ds.img_paths.index(str(good / "w.tif"))
+    assert torch.equal(ds[w][0], ds[ds.img_paths.index(str(good / "000.png"))][0])  # lossless copy, same tensor
 
 
-def test_multichannel_mask_stays_multichannel(mvtec, transforms_):
+def test_rgb_mask_gives_the_gt_of_the_grey_one(mvtec, transforms_):
+    """A multi-channel mask becomes one channel (max over the colours): the gt is 1 × H × W."""
     mask_path = mvtec / "aaa" / "ground_truth" / "hole" / "000_mask.png"
+    _, grey_gt, _, _ = dataset.MVTecDataset(mvtec / "aaa", *transforms_, phase="test")[4]
     Image.open(mask_path).convert("RGB").save(mask_path)
+    assert Image.open(mask_path).mode == "RGB"
     _, gt, _, _ = dataset.MVTecDataset(mvtec / "aaa", *transforms_, phase="test")[4]
-    assert gt.shape == (3, ISIZE, ISIZE)
+    assert gt.shape == (1, ISIZE, ISIZE) and gt.max() == 1
+    assert torch.equal(gt, grey_gt)
 
 
 def test_mvtec_train_phase(mvtec, transforms_):
