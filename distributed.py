@@ -20,6 +20,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
+from checks import CheckError
+
 # Rank 0 evaluates while the others wait at a barrier; evaluating a large test set (Real-IAD)
 # can take longer than NCCL's default 10-minute collective timeout.
 TIMEOUT = datetime.timedelta(hours=4)
@@ -45,10 +47,15 @@ def launched(device: str) -> Iterator[str]:
         return
     kind = torch.device(device).type
     if kind == "cuda":
-        device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
+        local_rank = int(os.environ["LOCAL_RANK"])
+        if local_rank >= torch.cuda.device_count():
+            raise CheckError(f"torchrun started process {local_rank} on a machine with "
+                             f"{torch.cuda.device_count()} GPUs: pass --nproc_per_node "
+                             f"{torch.cuda.device_count()} or fewer (one process per GPU)")
+        device = f"cuda:{local_rank}"
         torch.cuda.set_device(device)
     elif kind != "cpu":
-        raise ValueError(f"torchrun runs on CUDA (NCCL) or CPU (gloo), not on {device!r}")
+        raise CheckError(f"--device {device}: torchrun runs on CUDA (NCCL) or CPU (gloo)")
     dist.init_process_group("nccl" if kind == "cuda" else "gloo", timeout=TIMEOUT)
     try:
         yield device

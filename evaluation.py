@@ -144,11 +144,23 @@ def collect_maps(model: nn.Module, dataloader: DataLoader, device: torch.device 
     return EvalMaps(maps[:seen], masks[:seen], scores[:seen], labels[:seen], paths)
 
 
+def _binary_or_nan(y_true: np.ndarray, y_score: np.ndarray) -> tuple[float, float, float]:
+    """(AUROC, AP, F1-max), or three nan when `y_true` holds one class only: a ranking
+    metric needs both (the reference fails there)."""
+    if y_true.all() or not y_true.any():
+        return math.nan, math.nan, math.nan
+    return binary_metrics(y_true, y_score)
+
+
 def metrics_of(result: EvalMaps) -> list[float]:
     """`[auroc_sp, ap_sp, f1_sp, auroc_px, ap_px, f1_px, aupro_px]`: image metrics over
-    the images, pixel metrics over all pixels, AUPRO over the maps (spec §5)."""
-    auroc_sp, ap_sp, f1_sp = binary_metrics(result.labels, result.scores)
-    auroc_px, ap_px, f1_px = binary_metrics(result.masks.ravel(), result.maps.ravel())
+    the images, pixel metrics over all pixels, AUPRO over the maps (spec §5).
+
+    A metric that is not defined for the test set is nan, where the reference fails: the
+    image metrics without a normal or without an anomalous image, the pixel metrics
+    (AUPRO too) without an anomalous or without a normal mask pixel."""
+    auroc_sp, ap_sp, f1_sp = _binary_or_nan(result.labels, result.scores)
+    auroc_px, ap_px, f1_px = _binary_or_nan(result.masks.ravel(), result.maps.ravel())
     aupro_px = compute_pro(result.masks, result.maps)
     return [auroc_sp, ap_sp, f1_sp, auroc_px, ap_px, f1_px, aupro_px]
 

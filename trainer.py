@@ -10,11 +10,12 @@ evaluation inside the loop) because creating DataLoader iterators and running ev
 draw from the CPU random generator: the same structure keeps a run RNG-identical to the
 reference's `dinomaly_*.py` (spec §4).
 
-Outputs under `<save_dir>/<save_name>/`: `log.txt` (every printed line), `config.json`
-(every setting used), `results.csv` (one row per class per evaluation, plus `Mean`),
-`model.pth` (the full `model.state_dict()`, reference keys; `<class>/model.pth` when
-class-separated). `config.json`, `results.csv` and `model.pth` are written atomically
-(temporary file + `os.replace`); `log.txt` is appended and flushed line by line.
+Outputs under `<save_dir>/<save_name>/` (see `run_files.py`): `log.txt` (every printed
+line), `config.json` (every setting used), `results.csv` (one row per class per evaluation,
+plus `Mean`), `model.pth` (the full `model.state_dict()`, reference keys;
+`<class>/model.pth` when class-separated). `config.json`, `results.csv` and `model.pth` are
+written atomically (temporary file + `os.replace`); `log.txt` is appended and flushed line
+by line.
 
 Speed and scale (issue 5), all off by default: `--amp`, `--cache_images`, `--compile`, and
 several processes under `torchrun` (see `distributed.py`): each rank trains on its share of
@@ -28,20 +29,27 @@ watched (`spike_guard.py`): a nan stops the run, a spike is logged, `--spike_res
 back to the last checkpoint with a new seed; `results.md` shows the latest evaluation at a
 glance (`report.py`); `--save_maps` draws heatmaps at the final evaluation; `--demo` trains
 on a small generated dataset (`demo_data.py`) in a few minutes on a CPU.
+
+Real-world inputs (issue 9): the flags, `--device` and `--save_dir` are checked too
+(`checks.py`); a start that fails before its first training step removes the folder it
+made (`run_files.RunFolder`); a later error, a full disk or Ctrl-C ends in one line that
+names the last checkpoint and the command that resumes (`stop_for`); the model is saved
+before its results; a class whose metric is not defined gets nan, left out of the mean.
 """
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
-import io
+import errno
 import json
 import math
 import os
+import shlex
 import sys
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from typing import NoReturn
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,22 +60,25 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 from tqdm import tqdm
 
+import checks
 import dataset
 import demo_data
-from fileio import atomic_write
 import distributed
 import evaluation
+from fileio import atomic_write
 import heatmaps
 import models
 import report as results_report
+import run_files
+from run_files import ResultsTable, RunFolder, RunLog, free_save_name, save_model
 import training_state
 import utils
 from spike_guard import NonFiniteLoss, SpikeGuard
 
-METRIC_NAMES = ("I-AUROC", "I-AP", "I-F1", "P-AUROC", "P-AP", "P-F1", "P-AUPRO")
 # the reference's result line (spec §5), kept character for character
 RESULT_FORMAT = ("{}: I-Auroc:{:.4f}, I-AP:{:.4f}, I-F1:{:.4f}, P-AUROC:{:.4f}, P-AP:{:.4f}, "
                  "P-F1:{:.4f}, P-AUPRO:{:.4f}")
+METRIC_NAMES = run_files.METRIC_NAMES  # results.csv's columns after iteration and class
 DATASETS = ("mvtec", "visa", "realiad")
 MVTEC_CLASSES = tuple(dataset.MVTEC_CLASSES)  # (Config's field `dataset` hides the module there)
 ALL_CLASSES = {"mvtec": MVTEC_CLASSES, "visa": tuple(dataset.VISA_CLASSES),
@@ -162,7 +173,7 @@ def parse_args(defaults: Config, argv: Sequence[str] | None = None) -> Config:
     demo.add_argument("--demo", action="store_true")
     if demo.parse_known_args(argv)[0].demo:
         d = dataclasses.replace(d, demo=True, **DEMO)
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         description=f"Dinomaly, {d.dataset}, {'class-separated' if d.separate else 'multi-class'}. "
                     "Defaults are this script's constants.")
 
@@ -259,21 +270,18 @@ def parse_args(defaults: Config, argv: Sequence[str] | None = None) -> Config:
         p.error("--resume continues a training run; --eval_only trains nothing")
     if a.demo and (d.dataset == "realiad" or d.separate):
         p.error("--demo is the multi-class MVTec-layout demo: python dinomaly_mvtec_uni.py --demo")
-    if a.checkpoint_every < 0 or a.spike_factor < 0 or a.max_restarts < 0:
-        p.error("--checkpoint_every, --spike_factor and --max_restarts cannot be negative")
-    for name in ("total_iters", "batch_size", "image_size", "crop_size", "eval_every",
-                 "eval_resolution", "log_every"):
-        if getattr(a, name) <= 0:
-            p.error(f"--{name} must be positive")
-    if not 0 <= a.dropout < 1:
-        p.error("--dropout must be in [0, 1)")
+    try:
+        checks.check_numbers(vars(a))
+        if a.spike_restart:  # restarts reseed with seed + restart count
+            checks.check_numbers({"seed": a.seed + a.max_restarts})
+        device = checks.check_device(a.device) if a.device else default_device()
+    except checks.CheckError as err:
+        p.error(str(err))
     if a.crop_size > a.image_size:
         p.error("--crop_size cannot exceed --image_size")
-    if a.crop_size % 14:
-        p.error("--crop_size must be a multiple of the 14-pixel patch")
     if a.classes is None:
         classes = tuple(d.classes)
-    elif a.classes == "auto":
+    elif a.classes.strip() == "auto":
         try:
             classes = tuple(discover_classes(d.dataset, a.data_path))
         except dataset.DatasetError as err:
@@ -281,11 +289,13 @@ def parse_args(defaults: Config, argv: Sequence[str] | None = None) -> Config:
         if not classes:
             p.error(f"--classes auto found no class under {a.data_path}")
     else:
-        classes = tuple(c for c in a.classes.split(",") if c)
+        classes = tuple(c.strip() for c in a.classes.split(",") if c.strip())
+        if not classes:
+            p.error(f"--classes {a.classes!r} names no class; give comma-separated class "
+                    "names, or auto")
         if len(set(classes)) != len(classes):
             p.error("--classes lists a class twice")
     save_name = a.save_name or (d.save_name + "_eval" if a.eval_only else d.save_name)
-    device = a.device or default_device()
     return dataclasses.replace(
         d, data_path=a.data_path, save_dir=a.save_dir, save_name=save_name, encoder=a.encoder,
         encoder_weights=a.encoder_weights, total_iters=a.total_iters, batch_size=a.batch_size,
@@ -297,6 +307,14 @@ def parse_args(defaults: Config, argv: Sequence[str] | None = None) -> Config:
         resume=a.resume, checkpoint_every=a.checkpoint_every, spike_factor=a.spike_factor,
         spike_restart=a.spike_restart, max_restarts=a.max_restarts,
         skip_image_check=a.skip_image_check)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, but a bad flag ends in one line `error: <message>` on stderr (no usage
+    block), exit status 2 as argparse's, and the `SystemExit` carries the line."""
+
+    def error(self, message: str) -> NoReturn:
+        raise checks.stop(f"error: {message}")
 
 
 def default_device() -> str:
@@ -317,96 +335,9 @@ def discover_classes(kind: str, root: str) -> list[str]:
 
 # ----------------------------------------------------------------------------- files and log
 
-def save_model(model: nn.Module, path: Path) -> None:
-    """The full `model.state_dict()` (reference keys: loads in the reference as it is)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda f: torch.save(model.state_dict(), f), binary=True)
-
-
-class RunLog:
-    """`log(line)`: print to stdout (above the progress bar) and append to log.txt.
-    `path=None`: silent (ranks other than 0)."""
-
-    def __init__(self, path: Path | None) -> None:
-        self.path = path
-
-    def __call__(self, line: str) -> None:
-        if self.path is None:
-            return
-        tqdm.write(line, file=sys.stdout)
-        with open(self.path, "a") as f:
-            f.write(line + "\n")
-
-
-class ResultsTable:
-    """results.csv: `iteration,class,<7 metrics>`, floats written exactly (repr); and, with
-    `markdown` (latest results per class, iteration -> page), results.md beside it. Both
-    rewritten atomically after every evaluation. `path=None`: not written (ranks other than 0)."""
-
-    def __init__(self, path: Path | None,
-                 markdown: Callable[[dict[str, list[float]], int | None], str] | None = None
-                 ) -> None:
-        self.path = path
-        self.markdown = markdown
-        self.rows: list[list[str]] = []
-
-    def take_over(self, limits: dict[str, int]) -> None:
-        """`--resume`: the rows of the run's results.csv for the classes in `limits`, up to
-        their iteration (rows after the checkpoint a class goes back to are written again)."""
-        if self.path is None or not self.path.is_file():
-            return
-        with open(self.path, newline="") as f:
-            rows = list(csv.reader(f))[1:]
-        self.rows = [r for r in rows if r[1] in limits and r[0] and int(r[0]) <= limits[r[1]]]
-
-    def latest(self) -> tuple[dict[str, list[float]], int | None]:
-        """The last row per class (first-seen order) and the largest iteration among them."""
-        last = {row[1]: row for row in self.rows}
-        iterations = [int(row[0]) for row in last.values() if row[0]]
-        return ({name: [float(v) for v in row[2:]] for name, row in last.items()},
-                max(iterations) if iterations else None)
-
-    def add(self, iteration: int | None, name: str, values: Sequence[float]) -> None:
-        self.rows.append(["" if iteration is None else str(iteration), name,
-                          *(repr(float(v)) for v in values)])
-
-    def save(self) -> None:
-        if self.path is None:
-            return
-
-        def write(f: io.IOBase) -> None:
-            w = csv.writer(f)
-            w.writerow(["iteration", "class", *METRIC_NAMES])
-            w.writerows(self.rows)
-        atomic_write(self.path, write)
-        if self.markdown is not None:
-            page = self.markdown(*self.latest())
-            atomic_write(self.path.with_name("results.md"), lambda f: f.write(page))
-
-
 def prepare_run_dir(cfg: Config) -> Path:
-    """`<save_dir>/<save_name>`, created. An existing non-empty folder is never written into,
-    except by `--resume` (which continues the run in it): the run stops and says so."""
-    run_dir = Path(cfg.save_dir) / cfg.save_name
-    if cfg.resume:
-        return run_dir  # check_resume has looked at it
-    if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
-        raise SystemExit(f"error: results folder {run_dir} already exists and is not empty; "
-                         "continue that run with --resume, or choose another --save_name "
-                         "(or --save_dir), or remove it.")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return run_dir
-
-
-def free_save_name(save_dir: str, name: str) -> str:
-    """`name`, or the first of `name_1`, `name_2`, … with no non-empty folder in `save_dir`
-    (the demo's runs: each gets its own folder, none is overwritten)."""
-    candidates = [name] + [f"{name}_{i}" for i in range(1, 10_000)]
-    for candidate in candidates:
-        path = Path(save_dir) / candidate
-        if not path.exists() or (path.is_dir() and not any(path.iterdir())):
-            return candidate
-    raise SystemExit(f"error: no free results folder {name}_N in {save_dir}; clean it up")
+    """`<save_dir>/<save_name>`, created (see `run_files.RunFolder.create`)."""
+    return RunFolder(Path(cfg.save_dir) / cfg.save_name, cfg.resume).create()
 
 
 def check_resume(cfg: Config, run_dir: Path) -> None:
@@ -502,19 +433,24 @@ def evaluate(model: nn.Module, test_sets: dict[str, Dataset], cfg: Config,
 
 
 def mean_result(results: dict[str, list[float]]) -> list[float]:
-    """Each metric averaged over the classes (the reference's `Mean` line)."""
-    return [float(v) for v in np.mean(list(results.values()), axis=0)]
+    """Each metric averaged over the classes (the reference's `Mean` line), leaving out
+    the classes where it is not defined (nan): see `report.mean_result`."""
+    return results_report.mean_result(results)[0]
 
 
 def report(results: dict[str, list[float]], iteration: int | None, log: RunLog,
            table: ResultsTable, with_mean: bool) -> None:
-    """Log one line per class (and the Mean line), add them to results.csv."""
+    """Log one line per class (and the Mean line, with a note on the classes it leaves
+    out), add them to results.csv and rewrite it (and results.md)."""
     for name, values in results.items():
         log(format_result(name, values))
         table.add(iteration, name, values)
     if with_mean:
-        log(format_result("Mean", mean_result(results)))
-        table.add(iteration, "Mean", mean_result(results))
+        means, note = results_report.mean_result(results)
+        log(format_result("Mean", means))
+        if note:
+            log(f"note: {note} ({results_report.UNDEFINED_HINT})")
+        table.add(iteration, "Mean", means)
     table.save()
 
 
@@ -601,22 +537,45 @@ def train_step(t: Training, img: torch.Tensor, it: int, cfg: Config) -> float:
     return value
 
 
+@dataclass
+class RunStatus:
+    """How far a run got, kept up to date by the loop: what the message says when the run
+    stops early (Ctrl-C, a full disk), and whether its folder is kept (`started`)."""
+
+    started: bool = False  # a training step is done (or, --eval_only, results are written)
+    iteration: int = 0  # iterations done by the model in training
+    name: str | None = None  # its class, class-separated
+    checkpoint: Path | None = None  # the last checkpoint.pth written or resumed from
+    saved_at: int | None = None  # its iteration
+    evaluated: bool = False  # an evaluation is saved (model.pth, results.csv)
+
+    def saved(self, path: Path, iteration: int) -> None:
+        self.checkpoint, self.saved_at = path, iteration
+
+
 class _Restart(Exception):
     """Raised inside the loop: go back to the last checkpoint with a new seed."""
 
 
 def train(cfg: Config, classes: Sequence[str], out_dir: Path, log: RunLog, table: ResultsTable,
-          with_mean: bool, maps_dir: Path | None = None) -> dict[str, list[float]]:
+          with_mean: bool, maps_dir: Path | None = None,
+          status: RunStatus | None = None) -> dict[str, list[float]]:
     """Train one model on the union of `classes` (reference `dinomaly_*.py` loop);
     evaluate and save `out_dir/model.pth` every `eval_every` iterations and at the end, each
     time with `out_dir/checkpoint.pth` (also every `checkpoint_every`); `cfg.resume`: continue
     from that checkpoint. `maps_dir`: heatmaps at the final evaluation (`--save_maps`).
+    `status` follows the iterations and checkpoints (for the message if the run stops).
     Returns the last evaluation's metrics per class (on rank 0; {} on the other ranks, which
     train on their share of each batch and wait while rank 0 evaluates and saves)."""
+    status = RunStatus() if status is None else status
+    status.name = classes[0] if cfg.separate else None
     ckpt_path = out_dir / training_state.CHECKPOINT_NAME
     state = None
     if cfg.resume and ckpt_path.is_file():
         state = training_state.load_training_state(ckpt_path)
+        status.saved(ckpt_path, int(state["iteration"]))
+        status.iteration = int(state["iteration"])
+        status.evaluated = bool(state["results"])
         if state["finished"]:
             log(f"{ckpt_path}: trained to the end (iteration {state['iteration']}), "
                 "nothing to resume")
@@ -646,6 +605,7 @@ def train(cfg: Config, classes: Sequence[str], out_dir: Path, log: RunLog, table
                                                progress, dataclasses.asdict(cfg), results, rng,
                                                t.scaler, finished)
         distributed.barrier()
+        status.saved(ckpt_path, progress.iteration)
 
     saved_at: int | None = None  # the iteration of the checkpoint on disk
     if state is not None:
@@ -667,95 +627,100 @@ def train(cfg: Config, classes: Sequence[str], out_dir: Path, log: RunLog, table
         saved_at = 0
     guard = SpikeGuard(cfg.spike_factor, cfg.spike_window, warmup=cfg.spike_window)
     restarts = progress.restarts
-    bar = tqdm(total=cfg.total_iters, initial=progress.iteration,
-               desc=classes[0] if cfg.separate else "train", file=sys.stderr,
-               dynamic_ncols=True, disable=rank > 0)
-    while True:  # runs once, unless a spike restart goes back to the last checkpoint
-        it = progress.iteration
-        guard.reset(progress.losses)
-        recent = progress.losses[it - it % cfg.log_every:]  # since the last periodic log line
-        try:
-            for epoch in range(progress.epoch, math.ceil(cfg.total_iters / len(train_loader))):
-                model.train()
-                loss_list: list[float] = []
-                position = 0  # batches of this epoch done
-                batches = train_loader
-                if epoch == progress.epoch and progress.epoch_order is not None:
-                    # resume mid-epoch: the rest of the saved order. Creating the iterator draws
-                    # a worker seed that the stopped run drew before its checkpoint: undone.
-                    position = progress.epoch_position
-                    loss_list = progress.losses[it - position:]
-                    sampler.resume(progress.epoch_order, position * cfg.batch_size)
-                    generator_state = torch.get_rng_state()
-                    batches = iter(train_loader)
-                    torch.set_rng_state(generator_state)
-                for img, _label in batches:
-                    lr = t.optimizer.param_groups[0]["lr"]  # set by the scheduler
-                    # forward, loss, backward, clip, step
-                    loss_list.append(train_step(t, img.to(device, non_blocking=True), it, cfg))
-                    position += 1
-                    progress.losses.append(loss_list[-1])
-                    # watch the loss: nan stops the run, a spike is logged (both may restart)
-                    spike = guard.check(it + 1, loss_list[-1])
-                    if spike is not None:
-                        restart = cfg.spike_restart and restarts < cfg.max_restarts
-                        log(spike.message() + ("" if restart or not cfg.spike_restart else
-                                               f" (no restart left: {restarts} done)"))
-                        if restart:
-                            raise _Restart()
-                    # evaluate / checkpoint on rank 0, the others wait (before it += 1, as the
-                    # reference)
-                    evaluated = (it + 1) % cfg.eval_every == 0 or it + 1 == cfg.total_iters
-                    if evaluated:
-                        final = it + 1 == cfg.total_iters
-                        if rank == 0:
-                            results = evaluate(model, test_sets, cfg, device,
-                                               maps_dir if final and cfg.save_maps else None)
-                            report(results, it + 1, log, table, with_mean)
-                            save_model(model, out_dir / "model.pth")
-                        distributed.barrier()
-                        model.train()
-                    if evaluated or (cfg.checkpoint_every and (it + 1) % cfg.checkpoint_every == 0):
-                        progress.iteration, progress.epoch = it + 1, epoch
-                        progress.epoch_order, progress.epoch_position = sampler.order, position
-                        progress.restarts = restarts
-                        save_checkpoint(finished=it + 1 == cfg.total_iters)
-                        saved_at = it + 1
-                    it += 1
-                    # log
-                    recent.append(loss_list[-1])
-                    bar.set_postfix(loss=f"{loss_list[-1]:.4f}", lr=f"{lr:.2e}", refresh=False)
-                    bar.update()
-                    if it % cfg.log_every == 0:
-                        log(f"iter [{it}/{cfg.total_iters}], loss:{np.mean(recent):.4f}, "
-                            f"lr:{lr:.2e}")
-                        recent = []
-                    if it == cfg.total_iters:
-                        break
-                log(f"iter [{it}/{cfg.total_iters}], loss:{np.mean(loss_list):.4f}")  # per epoch
-            break
-        except (_Restart, NonFiniteLoss) as event:
-            if isinstance(event, NonFiniteLoss) and not (cfg.spike_restart
-                                                         and restarts < cfg.max_restarts):
-                stop_on_nan(event, ckpt_path, saved_at, cfg, restarts, log)
-            if isinstance(event, NonFiniteLoss):
-                log(str(event))
-            # back to the last checkpoint, with fresh generators: seed + restart count
-            restarts += 1
-            state = training_state.load_training_state(ckpt_path)
-            progress = training_state.restore_training_state(state, model, t.optimizer,
-                                                             t.scheduler, rng_index=None,
-                                                             scaler=t.scaler)
-            progress.restarts = restarts
-            results = state["results"]
-            utils.setup_seed(cfg.seed + restarts, cudnn_benchmark=cfg.cudnn_benchmark)
-            if rank > 0:
-                torch.manual_seed(cfg.seed + restarts + rank)
-            log(f"spike restart {restarts}/{cfg.max_restarts}: back to iteration "
-                f"{progress.iteration} ({ckpt_path}), seed {cfg.seed + restarts}")
-            bar.n = progress.iteration
-            bar.refresh()
-    bar.close()
+    # the bar is closed on the way out, also by an error or Ctrl-C (before their message)
+    with tqdm(total=cfg.total_iters, initial=progress.iteration,
+              desc=classes[0] if cfg.separate else "train", file=sys.stderr,
+              dynamic_ncols=True, disable=rank > 0) as bar:
+        while True:  # runs once, unless a spike restart goes back to the last checkpoint
+            it = progress.iteration
+            guard.reset(progress.losses)
+            recent = progress.losses[it - it % cfg.log_every:]  # since the last periodic log line
+            try:
+                for epoch in range(progress.epoch, math.ceil(cfg.total_iters / len(train_loader))):
+                    model.train()
+                    loss_list: list[float] = []
+                    position = 0  # batches of this epoch done
+                    batches = train_loader
+                    if epoch == progress.epoch and progress.epoch_order is not None:
+                        # resume mid-epoch: the rest of the saved order. Creating the iterator draws
+                        # a worker seed that the stopped run drew before its checkpoint: undone.
+                        position = progress.epoch_position
+                        loss_list = progress.losses[it - position:]
+                        sampler.resume(progress.epoch_order, position * cfg.batch_size)
+                        generator_state = torch.get_rng_state()
+                        batches = iter(train_loader)
+                        torch.set_rng_state(generator_state)
+                    for img, _label in batches:
+                        lr = t.optimizer.param_groups[0]["lr"]  # set by the scheduler
+                        # forward, loss, backward, clip, step
+                        loss_list.append(train_step(t, img.to(device, non_blocking=True), it, cfg))
+                        status.iteration, status.started = it + 1, True
+                        position += 1
+                        progress.losses.append(loss_list[-1])
+                        # watch the loss: nan stops the run, a spike is logged (both may restart)
+                        spike = guard.check(it + 1, loss_list[-1])
+                        if spike is not None:
+                            restart = cfg.spike_restart and restarts < cfg.max_restarts
+                            log(spike.message() + ("" if restart or not cfg.spike_restart else
+                                                   f" (no restart left: {restarts} done)"))
+                            if restart:
+                                raise _Restart()
+                        # evaluate / checkpoint on rank 0, the others wait (before it += 1, as the
+                        # reference)
+                        evaluated = (it + 1) % cfg.eval_every == 0 or it + 1 == cfg.total_iters
+                        if evaluated:
+                            final = it + 1 == cfg.total_iters
+                            if rank == 0:
+                                results = evaluate(model, test_sets, cfg, device,
+                                                   maps_dir if final and cfg.save_maps else None)
+                                # the model first: results never report a model not on disk
+                                save_model(model, out_dir / "model.pth")
+                                report(results, it + 1, log, table, with_mean)
+                                status.evaluated = True
+                            distributed.barrier()
+                            model.train()
+                        checkpointed = cfg.checkpoint_every and (it + 1) % cfg.checkpoint_every == 0
+                        if evaluated or checkpointed:
+                            progress.iteration, progress.epoch = it + 1, epoch
+                            progress.epoch_order, progress.epoch_position = sampler.order, position
+                            progress.restarts = restarts
+                            save_checkpoint(finished=it + 1 == cfg.total_iters)
+                            saved_at = it + 1
+                        it += 1
+                        # log
+                        recent.append(loss_list[-1])
+                        bar.set_postfix(loss=f"{loss_list[-1]:.4f}", lr=f"{lr:.2e}", refresh=False)
+                        bar.update()
+                        if it % cfg.log_every == 0:
+                            log(f"iter [{it}/{cfg.total_iters}], loss:{np.mean(recent):.4f}, "
+                                f"lr:{lr:.2e}")
+                            recent = []
+                        if it == cfg.total_iters:
+                            break
+                    # per epoch
+                    log(f"iter [{it}/{cfg.total_iters}], loss:{np.mean(loss_list):.4f}")
+                break
+            except (_Restart, NonFiniteLoss) as event:
+                if isinstance(event, NonFiniteLoss) and not (cfg.spike_restart
+                                                             and restarts < cfg.max_restarts):
+                    stop_on_nan(event, ckpt_path, saved_at, cfg, restarts, log)
+                if isinstance(event, NonFiniteLoss):
+                    log(str(event))
+                # back to the last checkpoint, with fresh generators: seed + restart count
+                restarts += 1
+                state = training_state.load_training_state(ckpt_path)
+                progress = training_state.restore_training_state(state, model, t.optimizer,
+                                                                 t.scheduler, rng_index=None,
+                                                                 scaler=t.scaler)
+                progress.restarts = restarts
+                results = state["results"]
+                utils.setup_seed(cfg.seed + restarts, cudnn_benchmark=cfg.cudnn_benchmark)
+                if rank > 0:
+                    torch.manual_seed(cfg.seed + restarts + rank)
+                log(f"spike restart {restarts}/{cfg.max_restarts}: back to iteration "
+                    f"{progress.iteration} ({ckpt_path}), seed {cfg.seed + restarts}")
+                bar.n = progress.iteration
+                bar.refresh()
     return results
 
 
@@ -803,16 +768,16 @@ def check_checkpoints_fit(cfg: Config) -> None:
         for path in sorted(set(eval_checkpoint_paths(cfg).values())):
             try:
                 models.load_checkpoint(model, path)
-            except models.CheckpointError as err:
+            except models.CheckpointMismatch as err:
                 raise models.CheckpointError(f"{err} This run builds --encoder {cfg.encoder}: "
                                              "pass the encoder the checkpoint was trained "
                                              "with.") from None
 
 
 def evaluate_checkpoint(cfg: Config, log: RunLog, table: ResultsTable,
-                        maps_dir: Path | None = None) -> None:
+                        maps_dir: Path | None = None, status: RunStatus | None = None) -> None:
     """`--eval_only`: evaluate `cfg.checkpoint` on every class (see eval_checkpoint_paths);
-    `maps_dir`: with heatmaps."""
+    `maps_dir`: with heatmaps; `status.started` once the results are written."""
     utils.setup_seed(cfg.seed)
     device = torch.device(cfg.device)
     paths = eval_checkpoint_paths(cfg)
@@ -829,6 +794,8 @@ def evaluate_checkpoint(cfg: Config, log: RunLog, table: ResultsTable,
             log(f"checkpoint: {loaded}")
         results.update(evaluate(model, {name: test_set}, cfg, device, maps_dir))
     report(results, None, log, table, with_mean=True)
+    if status is not None:
+        status.started = True
 
 
 def checkpoint_has_encoder(path: Path) -> bool:
@@ -845,8 +812,11 @@ def run(cfg: Config, argv: Sequence[str] = ()) -> dict[str, list[float]]:
     """Train (multi-class or class-separated) or evaluate, writing the run folder.
     Returns the final metrics per class (plus 'Mean').
 
-    Every check comes first: nothing is written or downloaded before the data, the batch
-    size, the image files, the checkpoints and (with --resume) the settings are known to fit.
+    Every check comes first: nothing is written or downloaded before the results folder,
+    the data, the batch size, the image files, the checkpoints and (with --resume) the
+    settings are known to fit. A start that fails (or is interrupted) before its first
+    training step removes the folder it made; a later stop keeps it for --resume, and
+    ends in one line that says where the last checkpoint is (`checks.Stop`).
     """
     if cfg.dataset not in DATASETS:
         raise ValueError(f"unknown dataset {cfg.dataset!r}; one of {DATASETS}")
@@ -861,51 +831,152 @@ def run(cfg: Config, argv: Sequence[str] = ()) -> dict[str, list[float]]:
     except ValueError as err:
         raise SystemExit(f"error: {err}") from None
     models.vit_encoder.parse_name(cfg.encoder)  # a script may name any encoder: checked now
+    check_results_folder(cfg)
     if cfg.demo:
         prepare_demo_data(cfg)
-    check_inputs(cfg)
+    notes = check_inputs(cfg)
     cfg, random_reason = fetch_encoder_weights(cfg)
     if cfg.demo and not cfg.resume:
         cfg = dataclasses.replace(cfg, save_name=free_save_name(cfg.save_dir, cfg.save_name))
     if cfg.resume:
         check_resume(cfg, Path(cfg.save_dir) / cfg.save_name)
     main_rank = distributed.rank() == 0  # the only one that writes files and logs
-    run_dir = prepare_run_dir(cfg) if main_rank else Path(cfg.save_dir) / cfg.save_name
+    folder = RunFolder(Path(cfg.save_dir) / cfg.save_name, cfg.resume)
+    status = RunStatus()
+    log = RunLog(folder.path / "log.txt" if main_rank else None)
+    try:
+        if main_rank:
+            folder.create()
+        return run_in_folder(cfg, argv, folder.path, log, status, notes, random_reason)
+    except BaseException as err:
+        if main_rank and not status.started:
+            folder.discard()  # nothing worth keeping: the same command can simply run again
+        stop = stop_for(err, cfg, argv, folder, status)
+        if stop is None:
+            raise
+        # the traceback holds a DataLoader iterator whose workers would otherwise wait for
+        # the garbage collector (5 s each) before the program ends
+        err.__traceback__ = None
+        if main_rank and status.started:
+            try:
+                log.record(str(stop))
+            except OSError:
+                pass  # the disk that stopped the run may refuse the log too
+        raise stop from None
+
+
+def run_in_folder(cfg: Config, argv: Sequence[str], run_dir: Path, log: RunLog,
+                  status: RunStatus, notes: Sequence[str],
+                  random_reason: str | None) -> dict[str, list[float]]:
+    """`run` once its folder exists: config.json, then the evaluation or the training."""
+    main_rank = distributed.rank() == 0
     if main_rank and not cfg.resume:  # a resumed run keeps its config.json (the log says how)
         write_config(cfg, run_dir, argv)
-    log = RunLog(run_dir / "log.txt" if main_rank else None)
     table = ResultsTable(run_dir / "results.csv" if main_rank else None, results_page(cfg))
     if cfg.resume:
         table.take_over(resume_limits(cfg, run_dir))
     log(f"{'evaluation of ' + str(cfg.checkpoint) if cfg.eval_only else 'training'}: "
         f"{cfg.dataset}, {len(cfg.classes)} classes, {cfg.encoder}, device {cfg.device}"
-        f"{speed_options(cfg, processes)}, results in {run_dir}")
+        f"{speed_options(cfg, distributed.world_size())}, results in {run_dir}")
     if cfg.resume:
         log(f"--resume: {' '.join([sys.argv[0], *argv])}")
+    for note in notes:
+        log(f"note: {note}")
     banner = demo_banner(cfg, random_reason)
     for line in banner:
         log(line)
     maps_dir = run_dir if cfg.save_maps else None
     if cfg.eval_only:
-        evaluate_checkpoint(cfg, log, table, maps_dir)
+        evaluate_checkpoint(cfg, log, table, maps_dir, status)
     elif not cfg.separate:
-        train(cfg, cfg.classes, run_dir, log, table, with_mean=True, maps_dir=maps_dir)
+        train(cfg, cfg.classes, run_dir, log, table, with_mean=True, maps_dir=maps_dir,
+              status=status)
     else:
         final: dict[str, list[float]] = {}
         for i, name in enumerate(cfg.classes):
             log(f"[{i + 1}/{len(cfg.classes)}] {name}")
             # a fresh model per class, seeded identically (setup_seed inside train)
             final.update(train(cfg, [name], run_dir / name, log, table, with_mean=False,
-                               maps_dir=maps_dir))
+                               maps_dir=maps_dir, status=status))
         if main_rank:  # the summary: every class again, then the mean (reference's sep scripts)
             for name, values in final.items():
                 log(format_result(name, values))
-            log(format_result("Mean", mean_result(final)))
-            table.add(cfg.total_iters, "Mean", mean_result(final))
+            means, note = results_report.mean_result(final)
+            log(format_result("Mean", means))
+            if note:
+                log(f"note: {note} ({results_report.UNDEFINED_HINT})")
+            table.add(cfg.total_iters, "Mean", means)
             table.save()
     for line in banner:  # once more, next to the numbers
         log(line)
     return read_results(table)
+
+
+def resume_command(argv: Sequence[str]) -> str:
+    """The command that continues this run: the same one, with --resume."""
+    args = [*argv] + ([] if "--resume" in argv else ["--resume"])
+    launcher = (["torchrun", f"--nproc_per_node={distributed.world_size()}"]
+                if distributed.world_size() > 1 else ["python"])
+    return shlex.join([*launcher, sys.argv[0], *args])
+
+
+def stop_for(err: BaseException, cfg: Config, argv: Sequence[str], folder: RunFolder,
+             status: RunStatus) -> checks.Stop | None:
+    """The one-line stop for an error or Ctrl-C inside a run (printed on rank 0), saying
+    what is kept and how to continue; None for errors that are not the user's to fix
+    (bugs keep their traceback) and for stops that already are one line."""
+    if isinstance(err, SystemExit):
+        return None  # already one line (stop_on_nan, the checks)
+    if isinstance(err, KeyboardInterrupt):
+        what, status_code = "interrupted", 130
+    elif isinstance(err, OSError):
+        what, status_code = f"error: {err}", 1
+        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+            what += " (the disk is full: free some space, or pass another --save_dir)"
+    elif isinstance(err, (dataset.DatasetError, models.EncoderError,
+                          training_state.TrainingStateError)):
+        what, status_code = f"error: {err}", 1
+    else:
+        return None
+    if not status.started:  # as if it had stopped before the folder existed
+        line = what
+        if cfg.resume:
+            line += f"; {folder.path} is as it was: continue with: {resume_command(argv)}"
+        elif isinstance(err, KeyboardInterrupt):
+            line += (" before any result was written" if cfg.eval_only else
+                     " before the first training step") + ": nothing was kept"
+    elif cfg.eval_only:
+        line = f"{what}; the results written so far are in {folder.path}"
+    else:
+        where = f"iteration {status.iteration}/{cfg.total_iters}"
+        if status.name:
+            where += f" of class {status.name}"
+        if status.checkpoint is not None:
+            kept = f"the last checkpoint is {status.checkpoint} (iteration {status.saved_at}"
+            kept += ("; results.csv and model.pth are from the last evaluation saved)"
+                     if status.evaluated else ")")
+        else:
+            kept = ("no checkpoint yet (one is written at every evaluation, or every "
+                    "--checkpoint_every N iterations): --resume starts that model again from "
+                    "iteration 0")
+        line = f"{what}, at {where}: {kept}; continue with: {resume_command(argv)}"
+    if distributed.rank() > 0:
+        return checks.Stop(line, status_code)  # rank 0 says it
+    return checks.stop(line, status_code)
+
+
+def check_results_folder(cfg: Config) -> None:
+    """`--save_dir` is (or can become) a folder this process can write in, and
+    `<save_dir>/<save_name>` is not a file: checked before anything is written."""
+    run_dir = Path(cfg.save_dir) / cfg.save_name
+    try:
+        if run_dir.exists() and not run_dir.is_dir():
+            raise checks.CheckError(f"--save_name {cfg.save_name}: {run_dir} is a file, not a "
+                                    "folder; choose another --save_name")
+        checks.check_writable_folder(run_dir if run_dir.is_dir() else Path(cfg.save_dir),
+                                     "--save_dir")
+    except checks.CheckError as err:
+        raise SystemExit(f"error: {err}") from None
 
 
 def prepare_demo_data(cfg: Config) -> None:
@@ -916,10 +987,12 @@ def prepare_demo_data(cfg: Config) -> None:
         raise SystemExit(f"error: --demo: {err}") from None
 
 
-def check_inputs(cfg: Config) -> None:
+def check_inputs(cfg: Config) -> list[str]:
     """The checks that need no model: data folders and classes (DatasetError names the
-    path), the batch size against each training set, every image and mask file (unless
-    --skip_image_check), and --eval_only checkpoints against --encoder."""
+    path), the batch size against each training set, every image and mask file and every
+    mask's size against its image's (unless --skip_image_check), and --eval_only
+    checkpoints against --encoder. Returns the datasets' notes for the log (e.g. masks
+    paired with images by sorted order)."""
     train_set, test_sets = build_datasets(cfg, cfg.classes)
     if not cfg.eval_only:
         # a training set smaller than one batch would silently train zero iterations
@@ -935,8 +1008,11 @@ def check_inputs(cfg: Config) -> None:
         for test_set in test_sets.values():
             files += dataset.image_paths(test_set)
         dataset.check_images(files)
+        for test_set in test_sets.values():
+            dataset.check_mask_sizes(test_set)
     if cfg.eval_only:
         check_checkpoints_fit(cfg)
+    return [note for test_set in test_sets.values() for note in test_set.notes]
 
 
 def fetch_encoder_weights(cfg: Config) -> tuple[Config, str | None]:
@@ -952,6 +1028,9 @@ def fetch_encoder_weights(cfg: Config) -> tuple[Config, str | None]:
             raise models.EncoderError(f"--encoder_weights {cfg.encoder_weights}: no such file; "
                                       "pass a .pth in the official DINOv2 format, 'official' or "
                                       "'random'")
+        # its first bytes now (an image passed by mistake stops here); it is read in full
+        # when the model is built, and a failure there removes the new run folder again
+        models.vit_encoder.check_file(cfg.encoder_weights, "encoder weights file")
         return cfg, None
     try:
         models.vit_encoder.official_weights(cfg.encoder)
@@ -981,7 +1060,7 @@ def demo_banner(cfg: Config, random_reason: str | None) -> list[str]:
             rule]
 
 
-def results_page(cfg: Config) -> Callable[[dict[str, list[float]], int | None], str]:
+def results_page(cfg: Config) -> run_files.Page:
     """results.md's page for `cfg`: with the paper's means for the multi-class scripts."""
     paper = results_report.paper_means(cfg.dataset, cfg.separate)
     settings = dataclasses.asdict(cfg)
@@ -995,7 +1074,10 @@ def results_page(cfg: Config) -> Callable[[dict[str, list[float]], int | None], 
         title += f", evaluation of {cfg.checkpoint}"
 
     def page(results: dict[str, list[float]], iteration: int | None) -> str:
-        return results_report.results_markdown(results, title, iteration, paper, differences)
+        classes = {name: values for name, values in results.items() if name != "Mean"}
+        note = results_report.mean_result(classes)[1] if "Mean" in results else ""
+        return results_report.results_markdown(results, title, iteration, paper, differences,
+                                                note)
     return page
 
 
@@ -1022,7 +1104,7 @@ def speed_options(cfg: Config, processes: int) -> str:
 
 def read_results(table: ResultsTable) -> dict[str, list[float]]:
     """The last row per class of the results table."""
-    return {row[1]: [float(v) for v in row[2:]] for row in table.rows}
+    return table.latest()[0]
 
 
 def main(defaults: Config, argv: Sequence[str] | None = None) -> None:
@@ -1033,5 +1115,8 @@ def main(defaults: Config, argv: Sequence[str] | None = None) -> None:
         with distributed.launched(cfg.device) as device:  # torchrun: join the process group
             run(dataclasses.replace(cfg, device=device), argv)
     except (dataset.DatasetError, models.CheckpointError, models.EncoderError,
-            training_state.TrainingStateError) as err:
-        raise SystemExit(f"error: {err}") from None
+            training_state.TrainingStateError, checks.CheckError, OSError) as err:
+        raise SystemExit(f"error: {err}") from None  # before the run folder: nothing written
+    except KeyboardInterrupt:
+        raise checks.stop("interrupted before the run started: nothing was written",
+                          130) from None

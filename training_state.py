@@ -45,7 +45,7 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
 from fileio import atomic_write
-from models.vit_encoder import EncoderError, load_strict
+from models.vit_encoder import EncoderError, load_file, load_strict
 
 CHECKPOINT_NAME = "checkpoint.pth"
 FORMAT = "dinomaly-training-state"
@@ -199,9 +199,9 @@ def load_training_state(path: str | os.PathLike) -> dict[str, object]:
     if not path.is_file():
         raise TrainingStateError(f"no resume checkpoint at {path}")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise TrainingStateError(f"cannot read resume checkpoint {path}: {err}") from None
+        state = load_file(path, "resume checkpoint")
+    except EncoderError as err:
+        raise TrainingStateError(str(err)) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise TrainingStateError(f"{path} is not a resume checkpoint of this trainer")
     if state.get("version") != VERSION:

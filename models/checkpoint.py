@@ -5,11 +5,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .vit_encoder import EncoderError, load_file, load_strict
+from .vit_encoder import EncoderError, KeyMismatch, load_file, load_strict
 
 
 class CheckpointError(EncoderError):
     """A checkpoint that is missing, unreadable or does not fit the model."""
+
+
+class CheckpointMismatch(CheckpointError):
+    """A checkpoint that was read but does not fit the model (keys or shapes)."""
 
 
 def convert_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -46,6 +50,8 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike) -> nn.Module:
             state_dict = {**{k: v for k, v in model.state_dict().items() if k.startswith("encoder.")},
                           **state_dict}
         load_strict(model, state_dict, f"checkpoint {path}")
+    except KeyMismatch as err:
+        raise CheckpointMismatch(str(err)) from None
     except EncoderError as err:
         raise CheckpointError(str(err)) from None
     return model

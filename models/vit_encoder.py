@@ -7,6 +7,7 @@ Cache folder: `$DINOMALY_CACHE` if set, else `~/.cache/dinomaly`. Offline, put t
 named in the error message at the path it gives, or pass `weights=<path to .pth>`.
 """
 import os
+import pickle
 import sys
 import urllib.error
 import urllib.request
@@ -28,6 +29,10 @@ URL_ROOT = "https://dl.fbaipublicfiles.com/dinov2"
 
 class EncoderError(ValueError):
     """A bad encoder name or weights that cannot be found, fetched or loaded."""
+
+
+class KeyMismatch(EncoderError):
+    """Weights that were read but do not fit the model (keys or shapes)."""
 
 
 def parse_name(name: str) -> tuple[str, int]:
@@ -102,15 +107,58 @@ def build(name: str, fused_attn: bool = True) -> DinoVisionTransformer:
                                  fused_attn=fused_attn)
 
 
-def load_file(path: str | os.PathLike, what: str) -> object:
-    """`torch.load` of a weights file (tensors only), with one clear error if it fails."""
+# Leading bytes of files that get passed as checkpoints by mistake, for the error message.
+_NOT_TORCH = ((b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"),
+              (b"GIF8", "a GIF image"), (b"BM", "a BMP image"), (b"II*\x00", "a TIFF image"),
+              (b"MM\x00*", "a TIFF image"), (b"\x08", "an ONNX model or other protobuf"),
+              (b"{", "a text or JSON file"), (b"#", "a text file"))
+_TORCH_MAGIC = (b"PK\x03\x04", b"\x80")  # torch.save: zip archive (torch >= 1.6), or pickle
+
+
+def _not_torch_reason(path: Path) -> str | None:
+    """Why `path` is clearly not a `torch.save` file (from its first bytes), else None."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if not head:
+        return "the file is empty"
+    if head.startswith(_TORCH_MAGIC):
+        return None
+    looks = next((name for magic, name in _NOT_TORCH if head.startswith(magic)), None)
+    return "it is not a file written by torch.save" + (f" (it looks like {looks})" if looks else "")
+
+
+def check_file(path: str | os.PathLike, what: str) -> Path:
+    """`path` exists and starts as a `torch.save` file does (its first bytes only: cheap
+    enough for a check before anything is written); else one short EncoderError."""
     path = Path(path)
     if not path.is_file():
         raise EncoderError(f"{what} not found: {path}")
     try:
+        reason = _not_torch_reason(path)
+    except OSError as err:
+        raise EncoderError(f"cannot read {what} {path}: {err.strerror or err}") from None
+    if reason is not None:
+        raise EncoderError(f"cannot read {what} {path}: {reason}; pass a .pth file written "
+                           "by torch.save") from None
+    return path
+
+
+def load_file(path: str | os.PathLike, what: str) -> object:
+    """`torch.load` of a weights file (tensors only), with one short error if it fails:
+    not a torch file (e.g. an image), truncated, or holding pickled Python objects."""
+    path = check_file(path, what)
+    try:
         return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        # torch's weights_only refusal: several paragraphs about trusting the source
+        raise EncoderError(f"cannot read {what} {path}: it holds pickled Python objects, not "
+                           "only tensors (e.g. a whole model saved with torch.save(model)); "
+                           "save its state_dict() instead") from None
     except Exception as err:
-        raise EncoderError(f"cannot read {what} {path}: {err}") from None
+        text = str(err).strip() or type(err).__name__
+        first = text.splitlines()[0].split(". ")[0]  # torch's first sentence, not its advice
+        raise EncoderError(f"cannot read {what} {path}: truncated or corrupt ({first}); "
+                           "copy or download it again") from None
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -136,7 +184,7 @@ def load_strict(module: nn.Module, state_dict: dict[str, torch.Tensor], source: 
                 for label, keys in (("missing", missing), ("unexpected", unexpected),
                                     ("shape mismatch", mis_shaped)) if keys]
     if problems:
-        raise EncoderError(f"{source} does not fit this model — " + "; ".join(problems)
+        raise KeyMismatch(f"{source} does not fit this model — " + "; ".join(problems)
                            + ". Is it a checkpoint of another encoder size or family?")
     module.load_state_dict(state_dict, strict=True)
 

@@ -7,3 +7,29 @@ _TESTS = Path(__file__).resolve().parent
 for _path in (_TESTS.parent, _TESTS):
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
+
+
+import pytest  # noqa: E402  (after the sys.path set-up above)
+
+# The test-mode knobs of a run: random ViT-S, 112 -> 98 px, batch 2, CPU, no loader processes.
+TINY = ["--encoder", "dinov2reg_vit_small_14", "--encoder_weights", "random",
+        "--image_size", "112", "--crop_size", "98", "--batch_size", "2", "--num_workers", "0",
+        "--device", "cpu"]
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> dict[str, Path]:
+    """One tiny finished training run, shared by the tests that only need a trained model
+    (evaluations of odd datasets, file permissions): 2 iterations on two synthetic MVTec
+    classes. Returns its `data`, `run_dir` and `model` (model.pth, a full state_dict: an
+    evaluation needs no encoder weights)."""
+    import synth
+    import trainer
+
+    root = tmp_path_factory.mktemp("tiny_run")
+    data = synth.make_mvtec(root / "data", classes=("aaa", "bbb"), n_train=3)
+    trainer.main(trainer.Config(), [*TINY, "--data_path", str(data), "--classes", "aaa,bbb",
+                                    "--total_iters", "2", "--eval_every", "2",
+                                    "--save_dir", str(root / "results"), "--save_name", "run"])
+    run_dir = root / "results" / "run"
+    return {"data": data, "run_dir": run_dir, "model": run_dir / "model.pth"}

@@ -1,0 +1,163 @@
+"""The run folder `<save_dir>/<save_name>/` and what the trainer writes into it.
+
+- `RunFolder`: creates the folder (an existing non-empty one only for `--resume`) and,
+  for a start that fails before its first training step, removes what that start made,
+  so that the same command runs again once the cause is fixed (issue 9).
+- `RunLog`: `log.txt`, every printed line, appended and flushed line by line.
+- `ResultsTable`: `results.csv` (one row per class per evaluation, plus `Mean`) and
+  `results.md` beside it, both rewritten atomically after every evaluation.
+- `save_model`: `model.pth`, the full `model.state_dict()` in the reference's keys.
+
+Every file but `log.txt` is written atomically (`fileio.atomic_write`): a failed write
+(a full disk) leaves the previous good file in place.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import os
+import shutil
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from fileio import atomic_write
+
+METRIC_NAMES = ("I-AUROC", "I-AP", "I-F1", "P-AUROC", "P-AP", "P-F1", "P-AUPRO")
+RESULTS_HEADER = ("iteration", "class", *METRIC_NAMES)
+
+
+class RunFolder:
+    """`path` for one start of a run. `create()` makes it; `discard()` undoes that for a
+    start that failed before it trained: the folder (or, if it existed empty, what was put
+    in it) and the parent folders `create()` made. A resumed run's folder is never
+    discarded: it holds the run being continued."""
+
+    def __init__(self, path: str | os.PathLike, resume: bool = False) -> None:
+        self.path = Path(path)
+        self.resume = resume
+        self._made: list[Path] = []  # folders this start created, outermost first
+        self._created = False
+
+    def create(self) -> Path:
+        """The folder, created. An existing non-empty folder is never written into, except
+        by `--resume` (which continues the run in it): the run stops and says so."""
+        if self.resume:
+            return self.path  # check_resume has looked at it
+        if self.path.exists() and (not self.path.is_dir() or any(self.path.iterdir())):
+            raise SystemExit(f"error: results folder {self.path} already exists and is not "
+                             "empty; continue that run with --resume, or choose another "
+                             "--save_name (or --save_dir), or remove it.")
+        missing = [p for p in [self.path, *self.path.parents] if not p.exists()]
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._made = missing[::-1]
+        self._created = True
+        return self.path
+
+    def discard(self) -> None:
+        """Remove what this start made (nothing for --resume, or before `create`)."""
+        if not self._created or self.resume:
+            return
+        if self.path in self._made:
+            shutil.rmtree(self.path, ignore_errors=True)
+        else:  # it existed, empty: what is in it now is this start's
+            for child in self.path.iterdir():
+                if child.is_dir() and not child.is_symlink():
+                    shutil.rmtree(child, ignore_errors=True)
+                else:
+                    child.unlink(missing_ok=True)
+        for folder in reversed(self._made):  # the parents it made, innermost first
+            if folder == self.path:
+                continue
+            try:
+                folder.rmdir()  # only if empty: another run may have started in it since
+            except OSError:
+                break
+        self._created = False
+
+
+def free_save_name(save_dir: str, name: str) -> str:
+    """`name`, or the first of `name_1`, `name_2`, … with no non-empty folder in `save_dir`
+    (the demo's runs: each gets its own folder, none is overwritten)."""
+    candidates = [name] + [f"{name}_{i}" for i in range(1, 10_000)]
+    for candidate in candidates:
+        path = Path(save_dir) / candidate
+        if not path.exists() or (path.is_dir() and not any(path.iterdir())):
+            return candidate
+    raise SystemExit(f"error: no free results folder {name}_N in {save_dir}; clean it up")
+
+
+def save_model(model: nn.Module, path: Path) -> None:
+    """The full `model.state_dict()` (reference keys: loads in the reference as it is)."""
+    atomic_write(path, lambda f: torch.save(model.state_dict(), f), binary=True)
+
+
+class RunLog:
+    """`log(line)`: print to stdout (above the progress bar) and append to log.txt.
+    `path=None`: silent (ranks other than 0)."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+
+    def __call__(self, line: str) -> None:
+        if self.path is None:
+            return
+        tqdm.write(line, file=sys.stdout)
+        self.record(line)
+
+    def record(self, line: str) -> None:
+        """Append `line` to log.txt only (it was printed elsewhere)."""
+        if self.path is not None:
+            with open(self.path, "a") as f:
+                f.write(line + "\n")
+
+
+Page = Callable[[dict[str, list[float]], int | None], str]
+
+
+class ResultsTable:
+    """results.csv: `iteration,class,<7 metrics>`, floats written exactly (repr; `nan` where
+    a metric is not defined for a class); and, with `markdown` (latest results per class,
+    iteration -> page), results.md beside it. `path=None`: not written (ranks other than 0)."""
+
+    def __init__(self, path: Path | None, markdown: Page | None = None) -> None:
+        self.path = path
+        self.markdown = markdown
+        self.rows: list[list[str]] = []
+
+    def take_over(self, limits: dict[str, int]) -> None:
+        """`--resume`: the rows of the run's results.csv for the classes in `limits`, up to
+        their iteration (rows after the checkpoint a class goes back to are written again)."""
+        if self.path is None or not self.path.is_file():
+            return
+        with open(self.path, newline="") as f:
+            rows = list(csv.reader(f))[1:]
+        self.rows = [r for r in rows if r[1] in limits and r[0] and int(r[0]) <= limits[r[1]]]
+
+    def latest(self) -> tuple[dict[str, list[float]], int | None]:
+        """The last row per class (first-seen order) and the largest iteration among them."""
+        last = {row[1]: row for row in self.rows}
+        iterations = [int(row[0]) for row in last.values() if row[0]]
+        return ({name: [float(v) for v in row[2:]] for name, row in last.items()},
+                max(iterations) if iterations else None)
+
+    def add(self, iteration: int | None, name: str, values: Sequence[float]) -> None:
+        self.rows.append(["" if iteration is None else str(iteration), name,
+                          *(repr(float(v)) for v in values)])
+
+    def save(self) -> None:
+        if self.path is None:
+            return
+
+        def write(f: io.IOBase) -> None:
+            w = csv.writer(f)
+            w.writerow(RESULTS_HEADER)
+            w.writerows(self.rows)
+        atomic_write(self.path, write)
+        if self.markdown is not None:
+            page = self.markdown(*self.latest())
+            atomic_write(self.path.with_name("results.md"), lambda f: f.write(page))
