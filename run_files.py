@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from fileio import atomic_write
+from fileio import WriteError, atomic_write
 
 METRIC_NAMES = ("I-AUROC", "I-AP", "I-F1", "P-AUROC", "P-AP", "P-F1", "P-AUPRO")
 RESULTS_HEADER = ("iteration", "class", *METRIC_NAMES)
@@ -111,9 +111,13 @@ class RunLog:
 
     def record(self, line: str) -> None:
         """Append `line` to log.txt only (it was printed elsewhere)."""
-        if self.path is not None:
+        if self.path is None:
+            return
+        try:
             with open(self.path, "a") as f:
                 f.write(line + "\n")
+        except OSError as err:  # e.g. a full disk: say which file
+            raise WriteError(self.path, err) from None
 
 
 Page = Callable[[dict[str, list[float]], int | None], str]

@@ -632,3 +632,11 @@ def test_same_numbers_whatever_the_files_look_like(tmp_path, tiny_run):
     log = (tmp_path / "odd" / "dinomaly_mvtec_uni_eval" / "log.txt").read_text()
     assert f"note: ground_truth/hole of {odd}: masks paired with images by sorted order" in log
     assert "ground_truth/crack" not in log  # paired by name: nothing to say
+
+
+def test_log_that_cannot_be_written_names_its_file():
+    from run_files import RunLog
+    if not Path("/dev/full").exists():
+        pytest.skip("needs /dev/full")
+    with pytest.raises(fileio.WriteError, match="^cannot write /dev/full: No space left on device$"):
+        RunLog(Path("/dev/full")).record("a line")
