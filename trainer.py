@@ -432,12 +432,6 @@ def evaluate(model: nn.Module, test_sets: dict[str, Dataset], cfg: Config,
     return results
 
 
-def mean_result(results: dict[str, list[float]]) -> list[float]:
-    """Each metric averaged over the classes (the reference's `Mean` line), leaving out
-    the classes where it is not defined (nan): see `report.mean_result`."""
-    return results_report.mean_result(results)[0]
-
-
 def report(results: dict[str, list[float]], iteration: int | None, log: RunLog,
            table: ResultsTable, with_mean: bool) -> None:
     """Log one line per class (and the Mean line, with a note on the classes it leaves
@@ -446,12 +440,19 @@ def report(results: dict[str, list[float]], iteration: int | None, log: RunLog,
         log(format_result(name, values))
         table.add(iteration, name, values)
     if with_mean:
-        means, note = results_report.mean_result(results)
-        log(format_result("Mean", means))
-        if note:
-            log(f"note: {note} ({results_report.UNDEFINED_HINT})")
-        table.add(iteration, "Mean", means)
+        report_mean(results, iteration, log, table)
     table.save()
+
+
+def report_mean(results: dict[str, list[float]], iteration: int | None, log: RunLog,
+                table: ResultsTable) -> None:
+    """Log the Mean line over the classes of `results` (with a note naming the classes it
+    leaves out, see `report.mean_result`) and add it to results.csv."""
+    means, note = results_report.mean_result(results)
+    log(format_result("Mean", means))
+    if note:
+        log(f"note: {note} ({results_report.UNDEFINED_HINT})")
+    table.add(iteration, "Mean", means)
 
 
 # ----------------------------------------------------------------------------- training
@@ -543,11 +544,17 @@ class RunStatus:
     stops early (Ctrl-C, a full disk), and whether its folder is kept (`started`)."""
 
     started: bool = False  # a training step is done (or, --eval_only, results are written)
-    iteration: int = 0  # iterations done by the model in training
+    # of the model in training:
+    iteration: int = 0  # iterations done
     name: str | None = None  # its class, class-separated
-    checkpoint: Path | None = None  # the last checkpoint.pth written or resumed from
-    saved_at: int | None = None  # its iteration
-    evaluated: bool = False  # an evaluation is saved (model.pth, results.csv)
+    checkpoint: Path | None = None  # its last checkpoint.pth, written or resumed from
+    saved_at: int | None = None  # that checkpoint's iteration
+    evaluated: bool = False  # an evaluation of it is saved (model.pth, results.csv)
+
+    def new_model(self, name: str | None) -> None:
+        """A model starts training (class-separated: the next class): nothing of it yet."""
+        self.iteration, self.name = 0, name
+        self.checkpoint, self.saved_at, self.evaluated = None, None, False
 
     def saved(self, path: Path, iteration: int) -> None:
         self.checkpoint, self.saved_at = path, iteration
@@ -568,7 +575,7 @@ def train(cfg: Config, classes: Sequence[str], out_dir: Path, log: RunLog, table
     Returns the last evaluation's metrics per class (on rank 0; {} on the other ranks, which
     train on their share of each batch and wait while rank 0 evaluates and saves)."""
     status = RunStatus() if status is None else status
-    status.name = classes[0] if cfg.separate else None
+    status.new_model(classes[0] if cfg.separate else None)
     ckpt_path = out_dir / training_state.CHECKPOINT_NAME
     state = None
     if cfg.resume and ckpt_path.is_file():
@@ -607,7 +614,6 @@ def train(cfg: Config, classes: Sequence[str], out_dir: Path, log: RunLog, table
         distributed.barrier()
         status.saved(ckpt_path, progress.iteration)
 
-    saved_at: int | None = None  # the iteration of the checkpoint on disk
     if state is not None:
         processes = distributed.world_size()
         same_processes = len(state["rng"]) == processes
@@ -616,7 +622,7 @@ def train(cfg: Config, classes: Sequence[str], out_dir: Path, log: RunLog, table
             scaler=t.scaler)
         if not same_processes and rank > 0:  # rank 0's generators, but own dropout masks
             torch.manual_seed(cfg.seed + rank)
-        results, saved_at = state["results"], progress.iteration
+        results = state["results"]
         log(f"resumed from {ckpt_path} at iteration {progress.iteration}"
             + ("" if same_processes else f" (saved by {len(state['rng'])} processes, now "
                                          f"{processes}: not bit-identical to an unstopped run)"))
@@ -624,7 +630,6 @@ def train(cfg: Config, classes: Sequence[str], out_dir: Path, log: RunLog, table
         log(f"no checkpoint in {out_dir}: starting from iteration 0")
     if state is None and cfg.spike_restart:
         save_checkpoint()  # a restart before the first evaluation goes back to iteration 0
-        saved_at = 0
     guard = SpikeGuard(cfg.spike_factor, cfg.spike_window, warmup=cfg.spike_window)
     restarts = progress.restarts
     # the bar is closed on the way out, also by an error or Ctrl-C (before their message)
@@ -685,7 +690,6 @@ def train(cfg: Config, classes: Sequence[str], out_dir: Path, log: RunLog, table
                             progress.epoch_order, progress.epoch_position = sampler.order, position
                             progress.restarts = restarts
                             save_checkpoint(finished=it + 1 == cfg.total_iters)
-                            saved_at = it + 1
                         it += 1
                         # log
                         recent.append(loss_list[-1])
@@ -703,7 +707,7 @@ def train(cfg: Config, classes: Sequence[str], out_dir: Path, log: RunLog, table
             except (_Restart, NonFiniteLoss) as event:
                 if isinstance(event, NonFiniteLoss) and not (cfg.spike_restart
                                                              and restarts < cfg.max_restarts):
-                    stop_on_nan(event, ckpt_path, saved_at, cfg, restarts, log)
+                    stop_on_nan(event, ckpt_path, status.saved_at, cfg, restarts, log)
                 if isinstance(event, NonFiniteLoss):
                     log(str(event))
                 # back to the last checkpoint, with fresh generators: seed + restart count
@@ -901,11 +905,7 @@ def run_in_folder(cfg: Config, argv: Sequence[str], run_dir: Path, log: RunLog,
         if main_rank:  # the summary: every class again, then the mean (reference's sep scripts)
             for name, values in final.items():
                 log(format_result(name, values))
-            means, note = results_report.mean_result(final)
-            log(format_result("Mean", means))
-            if note:
-                log(f"note: {note} ({results_report.UNDEFINED_HINT})")
-            table.add(cfg.total_iters, "Mean", means)
+            report_mean(final, cfg.total_iters, log, table)
             table.save()
     for line in banner:  # once more, next to the numbers
         log(line)

@@ -341,6 +341,27 @@ def test_ctrl_c_says_where_the_checkpoint_is_and_the_run_resumes(tmp_path, data,
     assert set(results) == {"aaa", "bbb", "Mean"}
 
 
+def test_ctrl_c_in_the_next_class_names_its_own_state(tmp_path, data, monkeypatch):
+    """Class-separated: stopped at the first step of class bbb, the line speaks of bbb (no
+    checkpoint yet), not of the checkpoint class aaa left."""
+    argv = [*TRAIN, "--data_path", str(data), "--save_dir", str(tmp_path / "results")]
+    real_step = trainer.train_step
+    calls = []
+
+    def step(t, img, it, cfg):
+        calls.append(it)
+        if len(calls) == 5:  # aaa trained its 4 iterations; bbb's first
+            raise KeyboardInterrupt
+        return real_step(t, img, it, cfg)
+    monkeypatch.setattr(trainer, "train_step", step)
+    with pytest.raises(SystemExit) as err:
+        trainer.main(trainer.Config(separate=True, save_name="sep"), argv)
+    line = str(err.value)
+    assert line.startswith("interrupted, at iteration 0/4 of class bbb: no checkpoint yet")
+    assert "aaa" not in line.split("continue with:")[0]
+    assert (tmp_path / "results" / "sep" / "aaa" / "checkpoint.pth").is_file()
+
+
 def test_real_ctrl_c_in_a_script_with_loader_processes(tmp_path, data):
     """SIGINT to the script itself, loader processes running: exit status 130, the one
     line last on stderr, no traceback (neither the script's nor a worker's)."""
