@@ -136,32 +136,35 @@ def check_writable_folder(path: str | os.PathLike, flag: str) -> None:
 
 # ----------------------------------------------------------------------------- numbers
 
+# flag name (without --) -> (test of its value, what it must be)
+NUMBER_RULES = {
+    "total_iters": (lambda v: v > 0, "a positive number of iterations"),
+    "batch_size": (lambda v: v > 0, "positive"),
+    "image_size": (lambda v: v > 0, "positive"),
+    "crop_size": (lambda v: v > 0 and v % 14 == 0,
+                  "a positive multiple of the 14-pixel patch (e.g. 392 = 28 x 14)"),
+    "eval_every": (lambda v: v > 0, "positive"),
+    "eval_resolution": (lambda v: v > 0, "positive"),
+    "log_every": (lambda v: v > 0, "positive"),
+    "num_workers": (lambda v: v >= 0, "0 (load in the main process) or more"),
+    "seed": (lambda v: 0 <= v <= SEED_MAX, f"in 0 … {SEED_MAX} (numpy's seed range)"),
+    "checkpoint_every": (lambda v: v >= 0, "0 (off) or a positive number of iterations"),
+    "max_restarts": (lambda v: v >= 0, "0 or more"),
+    "dropout": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "spike_factor": (lambda v: v == 0 or v > 1,
+                     "0 (off) or above 1 (a multiple of the running median loss)"),
+    "gt_threshold": (lambda v: 0 <= v < 1,
+                     "in [0, 1): it is on the 0-1 scale of the mask (a 0/255 mask's 255 is "
+                     "1.0, so 128 of 255 is 0.5)"),
+}
+
+
 def check_numbers(values: Mapping[str, float]) -> None:
     """The numeric flags in range; `values` maps each flag name (without `--`) to its value.
     Only the flags present are checked."""
-    rules = {  # name -> (test, what it must be)
-        "total_iters": (lambda v: v > 0, "a positive number of iterations"),
-        "batch_size": (lambda v: v > 0, "positive"),
-        "image_size": (lambda v: v > 0, "positive"),
-        "crop_size": (lambda v: v > 0 and v % 14 == 0,
-                      "a positive multiple of the 14-pixel patch (e.g. 392 = 28 x 14)"),
-        "eval_every": (lambda v: v > 0, "positive"),
-        "eval_resolution": (lambda v: v > 0, "positive"),
-        "log_every": (lambda v: v > 0, "positive"),
-        "num_workers": (lambda v: v >= 0, "0 (load in the main process) or more"),
-        "seed": (lambda v: 0 <= v <= SEED_MAX, f"in 0 … {SEED_MAX} (numpy's seed range)"),
-        "checkpoint_every": (lambda v: v >= 0, "0 (off) or a positive number of iterations"),
-        "max_restarts": (lambda v: v >= 0, "0 or more"),
-        "dropout": (lambda v: 0 <= v < 1, "in [0, 1)"),
-        "spike_factor": (lambda v: v == 0 or v > 1,
-                         "0 (off) or above 1 (a multiple of the running median loss)"),
-        "gt_threshold": (lambda v: 0 <= v < 1,
-                         "in [0, 1): it is on the 0-1 scale of the mask (a 0/255 mask's 255 is "
-                         "1.0, so 128 of 255 is 0.5)"),
-    }
     for name, value in values.items():
-        if name not in rules:
+        if name not in NUMBER_RULES:
             continue
-        test, must = rules[name]
+        test, must = NUMBER_RULES[name]
         if (isinstance(value, float) and not math.isfinite(value)) or not test(value):
             raise CheckError(f"--{name} {value}: must be {must}")
