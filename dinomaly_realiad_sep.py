@@ -6,7 +6,7 @@ Each category is trained from the same seed; the run ends with every category's 
 Edit the settings below, or override any of them on the command line (--help).
 """
 from dataset import REALIAD_CLASSES
-from trainer import Config, main
+from engine.cli import Config, main
 
 config = Config(
     # data

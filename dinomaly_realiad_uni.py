@@ -5,7 +5,7 @@
 Edit the settings below, or override any of them on the command line (--help).
 """
 from dataset import REALIAD_CLASSES
-from trainer import Config, main
+from engine.cli import Config, main
 
 config = Config(
     # data

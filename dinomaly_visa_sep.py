@@ -7,7 +7,7 @@ Each class is trained from the same seed; the run ends with every class's line a
 Edit the settings below, or override any of them on the command line (--help).
 """
 from dataset import VISA_CLASSES
-from trainer import Config, main
+from engine.cli import Config, main
 
 config = Config(
     # data

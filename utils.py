@@ -7,13 +7,13 @@ from functools import partial
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
-from distributed import all_gather_cat
-from evaluation import cal_anomaly_maps, evaluation_batch, get_gaussian_kernel  # noqa: F401
-from metrics import compute_pro, f1_score_max  # noqa: F401
+from engine.evaluation import cal_anomaly_maps, evaluation_batch, get_gaussian_kernel  # noqa: F401
+from engine.metrics import compute_pro, f1_score_max  # noqa: F401
 
 
 def setup_seed(seed: int, cudnn_benchmark: bool = False) -> None:
@@ -51,6 +51,17 @@ def point_distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """`1 - cos(a, b)` along channels, without gradient: `B × C × H × W -> B × 1 × H × W`."""
     with torch.no_grad():
         return 1 - F.cosine_similarity(a, b).unsqueeze(1)
+
+
+def all_gather_cat(t: torch.Tensor) -> torch.Tensor:
+    """`t` of every process of a torch.distributed run concatenated along dim 0, in rank
+    order (`t` itself with one process). Equal shapes on every rank; no gradient flows
+    through the gathered parts."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return t
+    parts = [torch.empty_like(t) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, t.contiguous())
+    return torch.cat(parts)
 
 
 def hard_mining_threshold(point_dist: torch.Tensor, p: float,

@@ -23,17 +23,17 @@ import sys
 import time
 import tracemalloc
 from pathlib import Path
-from statistics import mean
 from typing import Callable
 
 import numpy as np
 from scipy import ndimage
-from skimage import measure
-from sklearn.metrics import auc, average_precision_score, precision_recall_curve, roc_auc_score
+from sklearn.metrics import average_precision_score, roc_auc_score
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from evaluation import EvalMaps, metrics_of  # noqa: E402
-from metrics import binary_metrics, compute_pro  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO), str(REPO / "tests")]
+from engine.evaluation import EvalMaps, metrics_of  # noqa: E402
+from engine.metrics import binary_metrics, compute_pro  # noqa: E402
+from oracles import reference_f1_max, reference_pro  # noqa: E402
 
 
 def synthetic_maps(n: int, size: int = 256, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -58,32 +58,10 @@ def synthetic_maps(n: int, size: int = 256, seed: int = 0) -> tuple[np.ndarray, 
     return masks, amaps
 
 
-def reference_pro(masks: np.ndarray, amaps: np.ndarray, num_th: int = 200) -> float:
-    """The reference's loop (pandas/np.bool replaced by lists; thresholds and the
-    float32 comparison as under the numpy < 1.24 it ran on)."""
-    min_th, max_th = amaps.min(), amaps.max()
-    delta = np.float64(max_th - min_th) / num_th
-    pros_fprs = []
-    for th in np.arange(min_th, max_th, delta):
-        binary_amaps = amaps > np.float32(th)
-        pros = []
-        for binary_amap, mask in zip(binary_amaps, masks):
-            for region in measure.regionprops(measure.label(mask)):
-                tp_pixels = binary_amap[region.coords[:, 0], region.coords[:, 1]].sum()
-                pros.append(tp_pixels / region.area)
-        inverse_masks = 1 - masks.astype(np.int64)
-        fpr = np.logical_and(inverse_masks, binary_amaps).sum() / inverse_masks.sum()
-        pros_fprs.append((mean(pros), fpr))
-    pro, fpr = np.array(pros_fprs).T
-    keep = fpr < 0.3
-    return auc(fpr[keep] / fpr[keep].max(), pro[keep])
-
-
 def reference_pixel_metrics(y_true: np.ndarray, y_score: np.ndarray) -> tuple[float, float, float]:
     """scikit-learn's AUROC and AP, the reference's f1_score_max."""
-    precs, recs, _ = precision_recall_curve(y_true, y_score)
-    f1 = (2 * precs * recs / (precs + recs + 1e-7))[:-1].max()
-    return roc_auc_score(y_true, y_score), average_precision_score(y_true, y_score), f1
+    return (roc_auc_score(y_true, y_score), average_precision_score(y_true, y_score),
+            reference_f1_max(y_true, y_score))
 
 
 def timed(fn: Callable, *args) -> tuple[object, float]:

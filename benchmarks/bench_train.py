@@ -10,7 +10,7 @@ option, as ratios to the first configuration measured in the same run.
 A configuration is `faithful`, `sdpa` or a `+`-joined list of options over SDPA attention
 (the trainer's default): `bf16`, `fp16` (--amp), `cache` (--cache_images), `compile`
 (--compile), `explicit` (the reference's attention; `faithful` = `explicit` alone).
-The steps are the trainer's own (`trainer.setup_training`, `make_train_loader`,
+The steps are the trainer's own (`setup_training`, `make_train_loader`,
 `train_step`) on synthetic MVTec-layout images (tests/synth.py, `--source_size` px PNGs,
 written to a temporary folder; no download), random-init encoder, the real lr schedule.
 Each configuration runs in its own subprocess (its own memory peak and time limit); one
@@ -19,7 +19,7 @@ rounds over the list and keeps each configuration's fastest (for shared machines
 Reported: it/s over `--iters` steps after `--warmup` (which include compilation; torch's
 on-disk compile cache makes later rounds' shorter), peak GPU memory
 (`max_memory_allocated`) or the main process's peak RSS, the image-cache build time, and
-with `--eval_images N` the evaluation throughput (`trainer.evaluate` on about N test images
+with `--eval_images N` the evaluation throughput (`evaluate` on about N test images
 spread over the classes, the second of two passes, metrics included), timed once per
 attention / compile pair (amp and the training-image cache do not change it).
 """
@@ -44,10 +44,13 @@ sys.path[:0] = [str(REPO), str(REPO / "tests")]
 import synth  # noqa: E402
 import torch  # noqa: E402
 
-import trainer  # noqa: E402
 import utils  # noqa: E402
+from engine import evaluator  # noqa: E402
+from engine.config import Config  # noqa: E402
+from engine.data import build_datasets, make_train_loader  # noqa: E402
+from engine.step import setup_training, train_step  # noqa: E402
 
-OPTIONS = {  # configuration token -> trainer.Config fields
+OPTIONS = {  # configuration token -> Config fields
     "explicit": {"fused_attn": False},
     "bf16": {"amp": "bf16"},
     "fp16": {"amp": "fp16"},
@@ -130,17 +133,17 @@ def measure(name: str, args: argparse.Namespace, classes: list[str]) -> dict[str
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = trainer.Config(data_path=args.data, classes=tuple(classes), encoder=args.encoder,
+    cfg = Config(data_path=args.data, classes=tuple(classes), encoder=args.encoder,
                          encoder_weights="random", image_size=args.image_size,
                          crop_size=args.crop_size, batch_size=args.batch_size,
                          num_workers=args.num_workers, device=args.device,
                          **config_fields(name))
     utils.setup_seed(cfg.seed)
     start = time.perf_counter()
-    train_set, test_sets = trainer.build_datasets(cfg, classes, cache_images=cfg.cache_images)
+    train_set, test_sets = build_datasets(cfg, classes, cache_images=cfg.cache_images)
     cache_s = time.perf_counter() - start
-    loader = trainer.make_train_loader(cfg, train_set)
-    t = trainer.setup_training(cfg, device)
+    loader = make_train_loader(cfg, train_set)
+    t = setup_training(cfg, device)
     t.model.train()
     batches = (img for _ in itertools.count() for img, _label in loader)  # epochs as training
     if device.type == "cuda":
@@ -149,7 +152,7 @@ def measure(name: str, args: argparse.Namespace, classes: list[str]) -> dict[str
     def steps(first: int, n: int) -> float:
         start = time.perf_counter()
         for it in range(first, first + n):
-            trainer.train_step(t, next(batches).to(device, non_blocking=True), it, cfg)
+            train_step(t, next(batches).to(device, non_blocking=True), it, cfg)
         synchronize(device)
         return time.perf_counter() - start
 
@@ -161,9 +164,9 @@ def measure(name: str, args: argparse.Namespace, classes: list[str]) -> dict[str
               "peak_gpu_gib": (torch.cuda.max_memory_allocated(device) / 2**30
                                if device.type == "cuda" else None)}
     if args.eval_images:  # every class, as the trainer evaluates
-        trainer.evaluate(t.model, test_sets, cfg, device)  # warm-up (and recompilation)
+        evaluator.evaluate(t.model, test_sets, cfg, device)  # warm-up (and recompilation)
         start = time.perf_counter()
-        trainer.evaluate(t.model, test_sets, cfg, device)
+        evaluator.evaluate(t.model, test_sets, cfg, device)
         n = sum(len(s) for s in test_sets.values())
         result["eval_img_s"] = n / (time.perf_counter() - start)
     return result

@@ -8,15 +8,11 @@ named in the error message at the path it gives, or pass `weights=<path to .pth>
 """
 import os
 import pickle
-import sys
 import urllib.error
-import urllib.request
 from pathlib import Path
 
 import torch
 from torch import nn
-
-from fileio import atomic_write
 
 from .dinov2 import DinoVisionTransformer
 
@@ -61,22 +57,11 @@ def cached_path(name: str) -> Path:
 
 
 def download(url: str, dst: Path, progress: bool = True) -> Path:
-    """Download `url` to `dst` atomically (`fileio.atomic_write`), checking the size
-    against Content-Length. A failed download leaves nothing at `dst`."""
-    from tqdm import tqdm
-
-    def fetch(out) -> None:
-        with urllib.request.urlopen(url, timeout=30) as resp:
-            expected = int(resp.headers.get("Content-Length") or 0)
-            with tqdm(total=expected or None, unit="B", unit_scale=True, disable=not progress,
-                      desc=dst.name, file=sys.stderr) as bar:
-                while chunk := resp.read(1 << 20):
-                    out.write(chunk)
-                    bar.update(len(chunk))
-        if expected and out.tell() != expected:
-            raise OSError(f"incomplete download: {out.tell()} of {expected} bytes")
-
-    atomic_write(dst, fetch, binary=True)
+    """Download `url` to `dst` with torch's own downloader: into a temporary file beside
+    `dst`, moved into place when complete (a failed download leaves nothing at `dst`), with
+    the permissions of a plain `open` and a progress bar on stderr."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    torch.hub.download_url_to_file(url, str(dst), progress=progress)
     return dst
 
 

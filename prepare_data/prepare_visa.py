@@ -30,7 +30,7 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, when run as a script
-from fileio import atomic_write_bytes  # noqa: E402
+from engine.fileio import atomic_write_bytes  # noqa: E402
 
 SPLIT_TYPES = ("1cls", "2cls_highshot", "2cls_fewshot")
 CSV_HEADER = ["object", "split", "label", "image", "mask"]

@@ -24,11 +24,12 @@ def tiny_run(tmp_path_factory) -> dict[str, Path]:
     classes. Returns its `data`, `run_dir` and `model` (model.pth, a full state_dict: an
     evaluation needs no encoder weights)."""
     import synth
-    import trainer
+    from engine.cli import main
+    from engine.config import Config
 
     root = tmp_path_factory.mktemp("tiny_run")
     data = synth.make_mvtec(root / "data", classes=("aaa", "bbb"), n_train=3)
-    trainer.main(trainer.Config(), [*TINY, "--data_path", str(data), "--classes", "aaa,bbb",
+    main(Config(), [*TINY, "--data_path", str(data), "--classes", "aaa,bbb",
                                     "--total_iters", "2", "--eval_every", "2",
                                     "--save_dir", str(root / "results"), "--save_name", "run"])
     run_dir = root / "results" / "run"

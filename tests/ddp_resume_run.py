@@ -1,4 +1,4 @@
-"""Helper of test_resume.py: `trainer.main` under torchrun; with STOP_AT_CHECKPOINT=k every
+"""Helper of test_resume.py: `engine.cli.main` under torchrun; with STOP_AT_CHECKPOINT=k every
 process stops (SystemExit) when the k-th checkpoint is about to be written, as if the
 run were killed there.
 
@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import trainer  # noqa: E402
-import training_state  # noqa: E402
+import engine.cli  # noqa: E402
+from engine import training_state  # noqa: E402
 
 
 def main() -> None:
@@ -25,7 +25,7 @@ def main() -> None:
         return gather()
 
     training_state.all_rng_states = gather_or_stop  # the trainer calls it through the module
-    trainer.main(trainer.Config(), sys.argv[1:])
+    engine.cli.main(engine.cli.Config(), sys.argv[1:])
 
 
 if __name__ == "__main__":

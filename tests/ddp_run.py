@@ -1,4 +1,4 @@
-"""Helper of test_ddp.py: `trainer.main` alone or under torchrun, recording the loss this
+"""Helper of test_ddp.py: `engine.cli.main` alone or under torchrun, recording the loss this
 process computes at every step into `$DDP_TEST_OUT/losses_rank<RANK>.json`.
 
     python tests/ddp_run.py <trainer arguments>
@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import trainer  # noqa: E402
+import engine.cli  # noqa: E402
 import utils  # noqa: E402
 
 
@@ -25,7 +25,7 @@ def main() -> None:
 
     utils.global_cosine_hm_percent = recording  # the trainer calls it through `utils.`
     # hard mining at full strength from the second step on: the threshold matters at once
-    trainer.main(trainer.Config(hm_ramp_iters=1), sys.argv[1:])
+    engine.cli.main(engine.cli.Config(hm_ramp_iters=1), sys.argv[1:])
     out = Path(os.environ["DDP_TEST_OUT"]) / f"losses_rank{os.environ.get('RANK', '0')}.json"
     out.write_text(json.dumps(losses))
 

@@ -1,5 +1,5 @@
 """torchrun with 2 gloo processes on CPU (127.0.0.1 only) against one process, through
-`trainer.main` (tests/ddp_run.py records each process's step losses): dropout off, hard
+`engine.cli.main` (tests/ddp_run.py records each process's step losses): dropout off, hard
 mining at full strength from step 2, evaluation by rank 0 between epochs. The per-step
 losses, the logged losses and the trained weights equal the single-process run's."""
 from __future__ import annotations

@@ -12,10 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 
-import demo_data
-import heatmaps
+from engine import demo_data
+from engine import heatmaps
 import synth
-import trainer
+from engine.cli import main, parse_args
+from engine.config import Config
+from engine.run import run
 from models import vit_encoder
 
 REPO = Path(__file__).resolve().parent.parent
@@ -83,7 +85,7 @@ def test_demo_encoder_weights(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(vit_encoder, "URL_ROOT", (tmp_path / "offline").as_uri())
     args = ["--demo", *SHORT, "--data_path", str(tmp_path / "dd"),
             "--save_dir", str(tmp_path / "out")]
-    trainer.main(trainer.Config(), args)
+    main(Config(), args)
     out = capsys.readouterr().out
     cached = vit_encoder.cached_path("dinov2reg_vit_small_14")
     assert "DEMO WITH A RANDOM ENCODER" in out and "could not download" in out
@@ -92,7 +94,7 @@ def test_demo_encoder_weights(tmp_path, monkeypatch, capsys):
         "encoder_weights"] == "random"
 
     official_like_weights(cached)
-    trainer.main(trainer.Config(), args)
+    main(Config(), args)
     out = capsys.readouterr().out
     assert "RANDOM" not in out
     assert "demo: dinov2reg_vit_small_14 with its pretrained weights, 2 iterations" in out
@@ -101,21 +103,21 @@ def test_demo_encoder_weights(tmp_path, monkeypatch, capsys):
 
 
 def test_demo_only_for_the_multi_class_mvtec_layout(capsys):
-    for defaults in (trainer.Config(dataset="realiad"), trainer.Config(separate=True)):
+    for defaults in (Config(dataset="realiad"), Config(separate=True)):
         with pytest.raises(SystemExit):
-            trainer.parse_args(defaults, ["--demo"])
+            parse_args(defaults, ["--demo"])
         assert "python dinomaly_mvtec_uni.py --demo" in capsys.readouterr().err
 
 
 def test_demo_settings_and_overrides():
-    cfg = trainer.parse_args(trainer.Config(), ["--demo"])
+    cfg = parse_args(Config(), ["--demo"])
     assert (cfg.encoder, cfg.image_size, cfg.crop_size) == ("dinov2reg_vit_small_14", 192, 168)
     assert (cfg.total_iters, cfg.eval_every, cfg.warmup_iters, cfg.batch_size) == (60, 60, 10, 16)
     assert (cfg.data_path, cfg.classes, cfg.save_name) == ("demo_data", demo_data.TEXTURES, "demo")
     assert cfg.save_maps and cfg.demo and cfg.encoder_weights == "official"
-    cfg = trainer.parse_args(trainer.Config(), ["--demo", "--total_iters", "5", "--data_path", "x"])
+    cfg = parse_args(Config(), ["--demo", "--total_iters", "5", "--data_path", "x"])
     assert (cfg.total_iters, cfg.data_path, cfg.crop_size) == (5, "x", 168)
-    assert not trainer.parse_args(trainer.Config(), []).demo
+    assert not parse_args(Config(), []).demo
 
 
 @pytest.mark.slow
@@ -129,16 +131,16 @@ def test_save_maps_only_at_the_final_evaluation(tmp_path, monkeypatch):
         return real(out_dir, class_name, *args, **kwargs)
 
     monkeypatch.setattr(heatmaps, "save_class_heatmaps", record)
-    cfg = trainer.Config(data_path=str(data), classes=("aaa", "bbb"), save_dir=str(tmp_path),
+    cfg = Config(data_path=str(data), classes=("aaa", "bbb"), save_dir=str(tmp_path),
                          save_name="run", encoder="dinov2reg_vit_small_14",
                          encoder_weights="random", image_size=112, crop_size=98, total_iters=4,
                          batch_size=2, eval_every=2, num_workers=0, device="cpu",
                          save_maps=True)
-    trainer.run(cfg)
+    run(cfg)
     assert drawn == ["aaa", "bbb"]  # evaluations at 2 and 4, drawn at 4 only
     assert len(list((tmp_path / "run" / "maps" / "aaa" / "crack").glob("*.png"))) == 2
     # class-separated: each class's model draws its own class at its final evaluation
     drawn.clear()
-    trainer.run(dataclasses.replace(cfg, separate=True, save_name="sep"))
+    run(dataclasses.replace(cfg, separate=True, save_name="sep"))
     assert drawn == ["aaa", "bbb"]
     assert (tmp_path / "sep" / "maps" / "bbb" / heatmaps.HISTOGRAM_NAME).is_file()

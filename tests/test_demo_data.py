@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from demo_data import BUILDING, DEFECTS, MARKER, DemoDataError, build_demo_dataset
+from engine.demo_data import BUILDING, DEFECTS, MARKER, DemoDataError, build_demo_dataset
 
 SMALL = dict(classes=("brick", "gravel"), n_train=2, n_test_good=1, n_test_bad=3, size=64)
 

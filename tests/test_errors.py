@@ -10,7 +10,8 @@ import torch
 
 import models
 import synth
-import trainer
+from engine.cli import main
+from engine.config import Config
 from models import vit_encoder
 
 ENCODER = "dinov2reg_vit_small_14"
@@ -37,13 +38,13 @@ def no_download(monkeypatch) -> list[str]:
     return calls
 
 
-def stop(tmp_path: Path, *argv: str, defaults: trainer.Config | None = None,
+def stop(tmp_path: Path, *argv: str, defaults: Config | None = None,
          knobs: list[str] = KNOBS) -> str:
     """Run a script's main with `argv`; it must stop with SystemExit before writing results.
     Returns the message."""
     save_dir = tmp_path / "results"
     with pytest.raises(SystemExit) as err:
-        trainer.main(defaults or trainer.Config(), [*knobs, "--save_dir", str(save_dir), *argv])
+        main(defaults or Config(), [*knobs, "--save_dir", str(save_dir), *argv])
     assert not save_dir.exists() or not any(save_dir.iterdir())  # nothing written
     message = str(err.value)
     assert message.startswith("error: ") and "\n" not in message
@@ -92,7 +93,7 @@ def test_skip_image_check_defers_the_error_to_loading(tmp_path, data):
     path = data / "aaa" / "train" / "good" / "001.png"
     path.write_bytes(path.read_bytes()[:path.stat().st_size // 2])
     with pytest.raises(SystemExit, match=f"cannot read image {path}"):
-        trainer.main(trainer.Config(), [*KNOBS, "--save_dir", str(tmp_path / "results"),
+        main(Config(), [*KNOBS, "--save_dir", str(tmp_path / "results"),
                                         "--data_path", str(data), "--classes", "aaa,bbb",
                                         "--skip_image_check"])
     assert (tmp_path / "results" / "dinomaly_mvtec_uni" / "log.txt").is_file()  # it had started
@@ -100,12 +101,12 @@ def test_skip_image_check_defers_the_error_to_loading(tmp_path, data):
 
 def test_unknown_encoder_name(tmp_path, data, capsys):
     with pytest.raises(SystemExit):  # on the command line: argparse lists the choices
-        trainer.main(trainer.Config(), ["--data_path", str(data), "--encoder", "vit_huge"])
+        main(Config(), ["--data_path", str(data), "--encoder", "vit_huge"])
     err = capsys.readouterr().err
     assert "--encoder: invalid choice: 'vit_huge'" in err and ENCODER in err
     # set in a script's configuration block: stops before anything else
     message = stop(tmp_path, "--data_path", str(data), "--classes", "aaa,bbb",
-                   defaults=trainer.Config(encoder="dinov3_vit_small_14"), knobs=KNOBS[2:])
+                   defaults=Config(encoder="dinov3_vit_small_14"), knobs=KNOBS[2:])
     assert "unknown encoder 'dinov3_vit_small_14'" in message and ENCODER in message
 
 
@@ -146,7 +147,7 @@ def test_batch_size_larger_than_the_training_set(tmp_path, data):
                        "full batch to train on; use a smaller --batch_size.")
     # class-separated: each class's own training set counts
     message = stop(tmp_path, "--data_path", str(data), "--classes", "aaa,bbb",
-                   "--batch_size", "4", defaults=trainer.Config(separate=True))
+                   "--batch_size", "4", defaults=Config(separate=True))
     assert "--batch_size 4 is larger than the training set of class aaa (3 images)" in message
 
 
@@ -155,7 +156,7 @@ def test_existing_results_folder_is_refused_and_kept(tmp_path, data):
     run_dir.mkdir(parents=True)
     (run_dir / "notes.txt").write_text("mine")
     with pytest.raises(SystemExit) as err:
-        trainer.main(trainer.Config(), [*KNOBS, "--save_dir", str(tmp_path / "results"),
+        main(Config(), [*KNOBS, "--save_dir", str(tmp_path / "results"),
                                         "--data_path", str(data), "--classes", "aaa,bbb"])
     assert f"results folder {run_dir} already exists" in str(err.value)
     assert "--resume" in str(err.value) and "--save_name" in str(err.value)

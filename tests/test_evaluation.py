@@ -11,8 +11,8 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from torch import nn
 from torch.utils.data import DataLoader, SubsetRandomSampler
 
-from evaluation import EvalMaps, cal_anomaly_maps, collect_maps, evaluation_batch, get_gaussian_kernel
-from test_metrics import reference_f1_max, reference_pro
+from engine.evaluation import EvalMaps, cal_anomaly_maps, collect_maps, evaluation_batch, get_gaussian_kernel
+from oracles import reference_f1_max, reference_pro
 
 
 # ----------------------------------------------------------------------------- blur

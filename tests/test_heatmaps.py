@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import heatmaps
-from heatmaps import (HISTOGRAM_NAME, OUTLINE_BGR, canvas_size, class_scale, colorize, format_scale,
+from engine import heatmaps
+from engine.heatmaps import (HISTOGRAM_NAME, OUTLINE_BGR, canvas_size, class_scale, colorize, format_scale,
                       load_view, panel_origins, render_heatmap, render_histogram, save_class_heatmaps)
 
 H, W = 48, 64          # map size (not square, so rows and columns cannot be swapped unnoticed)

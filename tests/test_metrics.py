@@ -1,53 +1,19 @@
 """metrics.py against plain oracles written here, scikit-learn, brute force, and values
 computed by the reference's own code in its own environment."""
 import hashlib
+import json
 import math
+from pathlib import Path
 from statistics import mean
 
 import numpy as np
 import pytest
 from skimage import measure
-from sklearn.metrics import auc, average_precision_score, precision_recall_curve, roc_auc_score
+from sklearn.metrics import auc, average_precision_score, roc_auc_score
 
-import metrics
-from metrics import average_precision, binary_metrics, compute_pro, f1_score_max, pro_thresholds, roc_auc
-
-
-# ----------------------------------------------------------------------------- oracles
-
-def reference_pro(masks, amaps, num_th=200):
-    """The reference's compute_pro, written plainly (no pandas). Its numpy (< 1.24)
-    computed `(max - min) / num_th` in float64 and `amaps > th` in the map's dtype;
-    spelled out so that numpy 2 does the same."""
-    min_th, max_th = amaps.min(), amaps.max()
-    delta = np.float64(max_th - min_th) / num_th
-    rows = []
-    for th in np.arange(min_th, max_th, delta):
-        binary = amaps > amaps.dtype.type(th)
-        pros = [binary[i][region.coords[:, 0], region.coords[:, 1]].sum() / region.area
-                for i, mask in enumerate(masks) for region in measure.regionprops(measure.label(mask))]
-        inverse = 1 - masks.astype(np.int64)
-        fpr = np.logical_and(inverse, binary).sum() / inverse.sum()
-        rows.append((mean(pros), fpr))
-    pro, fpr = np.array(rows).T
-    keep = fpr < 0.3
-    return auc(fpr[keep] / fpr[keep].max(), pro[keep])
-
-
-def reference_f1_max(y_true, y_score):
-    precs, recs, _ = precision_recall_curve(y_true, y_score)
-    return (2 * precs * recs / (precs + recs + 1e-7))[:-1].max()
-
-
-def brute_force_f1_max(y_true, y_score):
-    """F1 = 2PR/(P+R+1e-7) at every distinct score as threshold (score >= t)."""
-    best = -1.0
-    for t in np.unique(y_score):
-        predicted = y_score >= t
-        tp = np.sum(predicted & y_true)
-        precision, recall = tp / predicted.sum(), tp / y_true.sum()
-        best = max(best, 2 * precision * recall / (precision + recall + 1e-7))
-    return best
+from engine import metrics
+from engine.metrics import average_precision, binary_metrics, compute_pro, f1_score_max, pro_thresholds, roc_auc
+from oracles import brute_force_f1_max, reference_f1_max, reference_pro
 
 
 # ----------------------------------------------------------------------------- synthetic data
@@ -90,28 +56,7 @@ def on_threshold_case(seed: int, n: int = 4, h: int = 24, w: int = 24):
 # average_precision_score, run under numpy 1.23.5, pandas 1.5.3, scikit-learn 1.2.2,
 # scikit-image 0.20.0 on the cases above. Key: "seed,levels,int masks";
 # levels -1 = on_threshold_case.
-REFERENCE_RUN = {
-    "0,0,0": dict(sha1="c112e211e21b14fa462df9ef54d34052d99ee27c", n_thresholds=200, aupro=0.719072367943256,
-                  auroc=0.8631281394104084, ap=0.6847635744395731, f1=0.661177916431828),
-    "1,0,1": dict(sha1="809ed96c3e56d8f17fb44c7bada844e5dacebf1e", n_thresholds=200, aupro=0.5643313457401736,
-                  auroc=0.7266122856146164, ap=0.48618696844581605, f1=0.48700169626061696),
-    "2,20,0": dict(sha1="b9ce10cc93d29084545033ed759259b6cd882253", n_thresholds=200, aupro=0.4315531981022953,
-                   auroc=0.7989912437724088, ap=0.5680005450425288, f1=0.5425912274618562),
-    "3,7,1": dict(sha1="eb5d496aecdee170e6ee8784b3d43a45308016ca", n_thresholds=200, aupro=0.4375122054014867,
-                  auroc=0.8251515869407932, ap=0.567271026214491, f1=0.5777166026575676),
-    "4,0,0": dict(sha1="d9409fa52533e26f90f2f01c47c7bf6fffcc7306", n_thresholds=200, aupro=0.37555086359154094,
-                  auroc=0.6821982116141283, ap=0.3988473208446724, f1=0.3673125226684217),
-    "5,50,0": dict(sha1="a5f77e2f3b8b68acbb2eeec4747d6f13ea9ec7c2", n_thresholds=200, aupro=0.4126103551379336,
-                   auroc=0.67591942476872, ap=0.33834446997413337, f1=0.35096771299762985),
-    "2,0,0": dict(sha1="94a06015d84b3ebcdade7f8cbbf29013dcf4dec2", n_thresholds=201, aupro=0.43264984762646885,
-                  auroc=0.800220616120872, ap=0.6078101593888044, f1=0.5997267335890172),
-    "15,0,1": dict(sha1="3a72238b9e04255053345a316b2a78dcafa14cdb", n_thresholds=201, aupro=0.7329228396008242,
-                   auroc=0.850920800137992, ap=0.6755110420226431, f1=0.6827794112248001),
-    "0,-1,0": dict(sha1="d06d4adb9511c7db88a1e98a0b872e459ec70669", n_thresholds=200, aupro=0.400549432059725,
-                   auroc=0.7090004721840659, ap=0.35013314668422835, f1=0.3959044008526632),
-    "1,-1,1": dict(sha1="caa34df3264075608f62454c13bc1889dee5b590", n_thresholds=200, aupro=0.3811002469396481,
-                   auroc=0.7124752905235414, ap=0.428697726544451, f1=0.4100227441119575),
-}
+REFERENCE_RUN = json.loads((Path(__file__).parent / "data" / "metrics_reference_run.json").read_text())
 
 
 @pytest.mark.parametrize("key", REFERENCE_RUN)

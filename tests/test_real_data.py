@@ -13,7 +13,7 @@ from PIL import Image
 from torch.utils.data import ConcatDataset, DataLoader
 
 import dataset
-import heatmaps
+from engine import heatmaps
 from dataset import DatasetError
 from test_dataset import ISIZE, SIZE, plain_image_transform, plain_mask_transform
 
@@ -156,8 +156,8 @@ def test_16bit_modes_without_a_file_format(mode):
     raw = (a.astype(np.uint16) * 257).astype("<u2" if mode == "I;16L" else "=u2").tobytes()
     img = Image.frombytes(mode, (W, H), raw)
     assert img.mode == mode
-    assert np.array_equal(np.asarray(dataset._to_rgb(img))[..., 1], a)
-    assert np.array_equal(dataset._mask_to_8bit(dataset._mask_channel(img), mode), a)  # v*257 -> v
+    assert np.array_equal(np.asarray(dataset.images._to_rgb(img))[..., 1], a)
+    assert np.array_equal(dataset.images._mask_to_8bit(dataset.images._mask_channel(img), mode), a)  # v*257 -> v
 
 
 def _ordinary(a: np.ndarray) -> dict[str, tuple[str, Image.Image]]:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import dataset
-import report
+from engine import results as report
 
 VALUES = {"aaa": [0.99, 1.0, 0.9876, 0.5, 0.25, 0.125, 0.0625],
           "bbb": [0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5]}

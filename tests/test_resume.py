@@ -17,8 +17,10 @@ import pytest
 import torch
 
 import synth
-import trainer
-import training_state
+from engine.cli import main
+from engine.config import Config
+from engine.run import run
+from engine import training_state
 import utils
 
 ENCODER = "dinov2reg_vit_small_14"
@@ -32,9 +34,9 @@ def data(tmp_path_factory) -> Path:
     return synth.make_mvtec(tmp_path_factory.mktemp("data") / "mvtec", classes=CLASSES, n_train=3)
 
 
-def config(data: Path, save_dir: Path, **changes: object) -> trainer.Config:
+def config(data: Path, save_dir: Path, **changes: object) -> Config:
     """8 iterations of batch 2, evaluated (and checkpointed) at 4 and 8, 112 -> 98 px."""
-    base = trainer.Config(data_path=str(data), classes=CLASSES, save_dir=str(save_dir),
+    base = Config(data_path=str(data), classes=CLASSES, save_dir=str(save_dir),
                           save_name="run", encoder=ENCODER, encoder_weights="random",
                           image_size=112, crop_size=98, total_iters=8, batch_size=2,
                           eval_every=4, num_workers=0, device="cpu", log_every=3)
@@ -67,7 +69,7 @@ class Killed(BaseException):
 def straight(data, tmp_path_factory) -> Path:
     """The run that never stops."""
     save_dir = tmp_path_factory.mktemp("straight")
-    trainer.run(config(data, save_dir))
+    run(config(data, save_dir))
     return save_dir / "run"
 
 
@@ -88,7 +90,7 @@ def test_stopped_and_resumed_equals_unstopped(data, straight, tmp_path, monkeypa
     monkeypatch.setattr(torch, "save", save_then_die_at_6)
     cfg = config(data, tmp_path, checkpoint_every=2)
     with pytest.raises(Killed):
-        trainer.run(cfg)
+        run(cfg)
     monkeypatch.undo()
     run_dir = tmp_path / "run"
     stopped = state(run_dir)
@@ -98,7 +100,7 @@ def test_stopped_and_resumed_equals_unstopped(data, straight, tmp_path, monkeypa
     assert not list(run_dir.glob(".*.tmp"))
     log_before = (run_dir / "log.txt").read_text()
 
-    trainer.run(dataclasses.replace(cfg, resume=True))
+    run(dataclasses.replace(cfg, resume=True))
     resumed, unstopped = state(run_dir), state(straight)
     assert resumed["finished"] and unstopped["finished"]
     assert resumed["losses"].tolist() == unstopped["losses"].tolist()  # all 8, exactly
@@ -120,7 +122,7 @@ def test_stopped_and_resumed_equals_unstopped(data, straight, tmp_path, monkeypa
     # resuming a finished run trains nothing and keeps the results
     before = weights(run_dir / "model.pth")
     final = {r[1]: [float(v) for v in r[2:]] for r in rows(straight)[1:]}
-    assert trainer.run(dataclasses.replace(cfg, resume=True)) == final
+    assert run(dataclasses.replace(cfg, resume=True)) == final
     log = (run_dir / "log.txt").read_text()
     assert "trained to the end (iteration 8), nothing to resume" in log
     assert all(torch.equal(before[k], v) for k, v in weights(run_dir / "model.pth").items())
@@ -133,7 +135,7 @@ def test_class_separated_resume(data, tmp_path, monkeypatch):
     reports aaa from its finished checkpoint and continues bbb; everything equals the
     unstopped run."""
     cfg = config(data, tmp_path, separate=True, total_iters=4, eval_every=2)
-    trainer.run(dataclasses.replace(cfg, save_name="straight"))
+    run(dataclasses.replace(cfg, save_name="straight"))
     real_save = training_state.save_training_state
 
     def save_then_die(path, model, optimizer, scheduler, progress, *args, **kwargs):
@@ -143,11 +145,11 @@ def test_class_separated_resume(data, tmp_path, monkeypatch):
 
     monkeypatch.setattr(training_state, "save_training_state", save_then_die)
     with pytest.raises(Killed):
-        trainer.run(cfg)
+        run(cfg)
     monkeypatch.undo()
     run_dir, straight = tmp_path / "run", tmp_path / "straight"
     assert state(run_dir / "aaa")["finished"] and state(run_dir / "bbb")["iteration"] == 2
-    trainer.run(dataclasses.replace(cfg, resume=True))
+    run(dataclasses.replace(cfg, resume=True))
     assert rows(run_dir) == rows(straight)
     for name in CLASSES:
         a, b = weights(run_dir / name / "model.pth"), weights(straight / name / "model.pth")
@@ -160,10 +162,10 @@ def test_resume_refuses_other_settings_and_missing_runs(data, straight, tmp_path
     args = ["--data_path", str(data), "--classes", ",".join(CLASSES), "--encoder", ENCODER,
             "--encoder_weights", "random", "--image_size", "112", "--crop_size", "98",
             "--total_iters", "8", "--batch_size", "2", "--eval_every", "4", "--device", "cpu"]
-    base = trainer.Config(save_name="run", log_every=3)
+    base = Config(save_name="run", log_every=3)
     before = {p: p.read_bytes() for p in straight.rglob("*") if p.is_file()}
     with pytest.raises(SystemExit) as err:  # another seed and learning schedule
-        trainer.main(base, [*args, "--save_dir", str(straight.parent), "--resume", "--seed", "2",
+        main(base, [*args, "--save_dir", str(straight.parent), "--resume", "--seed", "2",
                             "--total_iters", "10", "--num_workers", "3"])
     message = str(err.value)
     assert message.startswith("error: --resume: these settings differ from the run in")
@@ -171,7 +173,7 @@ def test_resume_refuses_other_settings_and_missing_runs(data, straight, tmp_path
     assert "num_workers" not in message  # may change
     assert before == {p: p.read_bytes() for p in straight.rglob("*") if p.is_file()}
     with pytest.raises(SystemExit, match=r"--resume: there is no run to continue in .*nothing"):
-        trainer.main(base, [*args, "--save_dir", str(tmp_path), "--save_name", "nothing",
+        main(base, [*args, "--save_dir", str(tmp_path), "--save_name", "nothing",
                             "--resume"])
     assert not (tmp_path / "nothing").exists()
 
@@ -200,7 +202,7 @@ def spikes(log: str) -> list[int]:
 def test_nan_stops_the_run_and_keeps_the_last_checkpoint(data, tmp_path, monkeypatch):
     injected_loss(monkeypatch, at=6, scale=float("nan"))
     with pytest.raises(SystemExit) as err:
-        trainer.run(config(data, tmp_path))
+        run(config(data, tmp_path))
     run_dir = tmp_path / "run"
     message = str(err.value)
     assert message.startswith("error: non-finite loss (nan) at iteration 6: training stopped")
@@ -215,7 +217,7 @@ def test_nan_stops_the_run_and_keeps_the_last_checkpoint(data, tmp_path, monkeyp
 @pytest.mark.slow
 def test_spike_is_logged_with_its_iteration(data, straight, tmp_path, monkeypatch):
     injected_loss(monkeypatch, at=7, scale=10.0)
-    trainer.run(config(data, tmp_path, spike_window=3))
+    run(config(data, tmp_path, spike_window=3))
     log = (tmp_path / "run" / "log.txt").read_text()
     assert spikes(log) == [7]
     assert spikes((straight / "log.txt").read_text()) == []  # window 100: no check yet
@@ -228,7 +230,7 @@ def test_spike_is_logged_with_its_iteration(data, straight, tmp_path, monkeypatc
 @pytest.mark.parametrize("scale", [10.0, float("nan")])
 def test_spike_restart_goes_back_with_a_new_seed(data, straight, tmp_path, monkeypatch, scale):
     injected_loss(monkeypatch, at=7, scale=scale)
-    trainer.run(config(data, tmp_path, spike_window=3, spike_restart=True))
+    run(config(data, tmp_path, spike_window=3, spike_restart=True))
     run_dir = tmp_path / "run"
     log = (run_dir / "log.txt").read_text()
     assert spikes(log) == ([7] if scale == 10.0 else [])
@@ -254,7 +256,7 @@ def test_spike_restarts_are_bounded(data, tmp_path, monkeypatch):
         return value * 10 if calls["n"] in (7, 10) else value
 
     monkeypatch.setattr(utils, "global_cosine_hm_percent", loss)
-    trainer.run(config(data, tmp_path, spike_window=3, spike_restart=True, max_restarts=1))
+    run(config(data, tmp_path, spike_window=3, spike_restart=True, max_restarts=1))
     log = (tmp_path / "run" / "log.txt").read_text()
     assert spikes(log) == [7, 7]
     assert log.count("spike restart") == 1 and "(no restart left: 1 done)" in log

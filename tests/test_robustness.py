@@ -26,13 +26,19 @@ import torch
 from PIL import Image
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-import checks
-import evaluation
-import fileio
+from engine import checks
+from engine import evaluation
+from engine import fileio
 import models
-import report
+from engine import results as report
 import synth
-import trainer
+import engine.loop
+from engine.cli import main, parse_args
+from engine.config import Config
+from engine.data import build_datasets
+from engine.results import METRIC_NAMES
+from engine.run import run
+from engine.step import train_step
 from conftest import TINY
 
 ENCODER = "dinov2reg_vit_small_14"
@@ -44,12 +50,12 @@ def data(tmp_path) -> Path:
     return synth.make_mvtec(tmp_path / "data", classes=("aaa", "bbb"), n_train=3)
 
 
-def stop(tmp_path: Path, *argv: str, defaults: trainer.Config | None = None) -> checks.Stop:
-    """`trainer.main` with `argv` must stop with one line and write nothing in
+def stop(tmp_path: Path, *argv: str, defaults: Config | None = None) -> checks.Stop:
+    """`main` with `argv` must stop with one line and write nothing in
     `tmp_path/results`; returns the SystemExit."""
     save_dir = tmp_path / "results"
     with pytest.raises(SystemExit) as err:
-        trainer.main(defaults or trainer.Config(), [*TRAIN, "--save_dir", str(save_dir), *argv])
+        main(defaults or Config(), [*TRAIN, "--save_dir", str(save_dir), *argv])
     assert not save_dir.exists() or not any(save_dir.iterdir())
     line = str(err.value)
     assert line.startswith("error: ") and "\n" not in line and "Traceback" not in line
@@ -94,7 +100,7 @@ def test_save_dir_that_is_a_file(tmp_path, data):
     afile = tmp_path / "results"
     afile.write_text("mine")
     with pytest.raises(SystemExit) as err:
-        trainer.main(trainer.Config(), [*TRAIN, "--data_path", str(data), "--save_dir", str(afile)])
+        main(Config(), [*TRAIN, "--data_path", str(data), "--save_dir", str(afile)])
     assert str(err.value) == (f"error: --save_dir {afile}: {afile} is a file, not a folder; "
                               "pass a folder (it is created if it does not exist)")
     assert afile.read_text() == "mine"
@@ -102,7 +108,7 @@ def test_save_dir_that_is_a_file(tmp_path, data):
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "run").write_text("mine too")
     with pytest.raises(SystemExit, match=r"--save_name run: .*out/run is a file"):
-        trainer.main(trainer.Config(), [*TRAIN, "--data_path", str(data),
+        main(Config(), [*TRAIN, "--data_path", str(data),
                                         "--save_dir", str(tmp_path / "out"), "--save_name", "run"])
     assert (tmp_path / "out" / "run").read_text() == "mine too"
 
@@ -115,7 +121,7 @@ def test_save_dir_without_write_permission(tmp_path, data, monkeypatch):
     monkeypatch.setattr(checks.os, "access",
                         lambda p, mode: False if Path(p) == target else real_access(p, mode))
     with pytest.raises(SystemExit) as err:
-        trainer.main(trainer.Config(), [*TRAIN, "--data_path", str(data),
+        main(Config(), [*TRAIN, "--data_path", str(data),
                                         "--save_dir", str(target / "sub" / "deeper")])
     assert str(err.value) == (f"error: --save_dir {target / 'sub' / 'deeper'}: cannot write "
                               f"there (in {target}): no permission to write there; pass a folder "
@@ -130,7 +136,7 @@ def test_save_dir_made_read_only_by_its_mode(tmp_path, data):
     target.chmod(0o555)
     try:
         with pytest.raises(SystemExit) as err:
-            trainer.main(trainer.Config(), [*TRAIN, "--data_path", str(data),
+            main(Config(), [*TRAIN, "--data_path", str(data),
                                             "--save_dir", str(target)])
     finally:
         target.chmod(0o755)
@@ -152,7 +158,7 @@ def test_save_dir_on_a_read_only_file_system(tmp_path, data, monkeypatch):
                 raise OSError(errno.EROFS, "Read-only file system")
             monkeypatch.setattr(checks.tempfile, "mkstemp", refuse)
         with pytest.raises(SystemExit) as err:
-            trainer.main(trainer.Config(), [*TRAIN, "--data_path", str(data),
+            main(Config(), [*TRAIN, "--data_path", str(data),
                                             "--save_dir", str(target)])
         assert str(err.value) == (f"error: --save_dir {target}: cannot write there: read-only "
                                   "file system; pass a folder you can write to")
@@ -194,17 +200,17 @@ def test_seed_with_restarts_stays_in_range(tmp_path, data):
     err = stop(tmp_path, "--data_path", str(data), "--seed", str(2 ** 32 - 2), "--spike_restart",
                "--max_restarts", "3")
     assert f"--seed {2 ** 32 + 1}: must be in 0 … 4294967295" in str(err)
-    cfg = trainer.parse_args(trainer.Config(), ["--seed", str(2 ** 32 - 1)])
+    cfg = parse_args(Config(), ["--seed", str(2 ** 32 - 1)])
     assert cfg.seed == 2 ** 32 - 1  # the edge itself is numpy's
 
 
 def test_classes_list_with_spaces_is_trimmed(data):
-    cfg = trainer.parse_args(trainer.Config(), ["--classes", " aaa, bbb ,", "--data_path", str(data)])
+    cfg = parse_args(Config(), ["--classes", " aaa, bbb ,", "--data_path", str(data)])
     assert cfg.classes == ("aaa", "bbb")
-    cfg = trainer.parse_args(trainer.Config(), ["--classes", " auto ", "--data_path", str(data)])
+    cfg = parse_args(Config(), ["--classes", " auto ", "--data_path", str(data)])
     assert cfg.classes == ("aaa", "bbb")
     with pytest.raises(SystemExit, match="--classes ' , ' names no class"):
-        trainer.parse_args(trainer.Config(), ["--classes", " , "])
+        parse_args(Config(), ["--classes", " , "])
 
 
 # ----------------------------------------------------------------------------- failed starts
@@ -224,13 +230,13 @@ def test_failed_start_leaves_no_folder_and_the_same_command_runs_again(tmp_path,
     argv = [*TRAIN, "--encoder_weights", str(weights), "--data_path", str(data),
             "--save_dir", str(tmp_path / "results"), "--total_iters", "2"]
     with pytest.raises(SystemExit) as err:
-        trainer.main(trainer.Config(), argv)
+        main(Config(), argv)
     line = str(err.value)
     assert line.startswith(f"error: cannot read encoder weights file {weights}: truncated or "
                            "corrupt (") and "\n" not in line
     assert not (tmp_path / "results").exists()
     weights.write_bytes(good)  # fixed: the same command runs
-    trainer.main(trainer.Config(), argv)
+    main(Config(), argv)
     assert (tmp_path / "results" / "dinomaly_mvtec_uni" / "model.pth").is_file()
 
 
@@ -238,9 +244,9 @@ def test_interrupted_before_the_first_step_leaves_no_folder(tmp_path, data, monk
     (tmp_path / "results").mkdir()  # an empty save_dir of the user's stays
     def ctrl_c(*args, **kwargs):
         raise KeyboardInterrupt
-    monkeypatch.setattr(trainer, "setup_training", ctrl_c)
+    monkeypatch.setattr(engine.loop, "setup_training", ctrl_c)
     with pytest.raises(SystemExit) as err:
-        trainer.main(trainer.Config(), [*TRAIN, "--data_path", str(data),
+        main(Config(), [*TRAIN, "--data_path", str(data),
                                         "--save_dir", str(tmp_path / "results")])
     assert err.value.code == 130
     assert str(err.value) == "interrupted before the first training step: nothing was kept"
@@ -279,7 +285,7 @@ def test_loader_process_errors_read_as_in_the_main_process(tmp_path, data):
     for workers in ("0", "2"):
         save_dir = tmp_path / f"results_{workers}"
         with pytest.raises(SystemExit) as err:
-            trainer.main(trainer.Config(), [*TRAIN, "--data_path", str(data), "--skip_image_check",
+            main(Config(), [*TRAIN, "--data_path", str(data), "--skip_image_check",
                                             "--num_workers", workers, "--batch_size", "6",
                                             "--save_dir", str(save_dir)])
         lines.append(str(err.value))
@@ -296,7 +302,7 @@ def test_realiad_record_missing_a_field(tmp_path):
     del split["test"][2]["anomaly_class"]
     json_path.write_text(json.dumps(split))
     err = stop(tmp_path, "--data_path", str(root), "--classes", "usb",
-               defaults=trainer.Config(dataset="realiad"))
+               defaults=Config(dataset="realiad"))
     assert str(json_path) in str(err) and "'anomaly_class'" in str(err)
     assert "record 2" in str(err) and split["test"][2]["image_path"] in str(err)
 
@@ -317,7 +323,7 @@ def test_transposed_mask_stops_before_training(tmp_path):
 def test_ctrl_c_says_where_the_checkpoint_is_and_the_run_resumes(tmp_path, data, monkeypatch):
     argv = [*TRAIN, "--data_path", str(data), "--save_dir", str(tmp_path / "results")]
     run_dir = tmp_path / "results" / "dinomaly_mvtec_uni"
-    real_step = trainer.train_step
+    real_step = train_step
     calls = []
 
     def step(t, img, it, cfg):
@@ -325,9 +331,9 @@ def test_ctrl_c_says_where_the_checkpoint_is_and_the_run_resumes(tmp_path, data,
         if len(calls) == 3:  # iteration 3, after the checkpoint of iteration 2
             raise KeyboardInterrupt
         return real_step(t, img, it, cfg)
-    monkeypatch.setattr(trainer, "train_step", step)
+    monkeypatch.setattr(engine.loop, "train_step", step)
     with pytest.raises(SystemExit) as err:
-        trainer.main(trainer.Config(), argv)
+        main(Config(), argv)
     assert err.value.code == 130
     command = shlex.join(["python", sys.argv[0], *argv, "--resume"])
     assert str(err.value) == (
@@ -335,8 +341,8 @@ def test_ctrl_c_says_where_the_checkpoint_is_and_the_run_resumes(tmp_path, data,
         "(iteration 2; results.csv and model.pth are from the last evaluation saved); continue "
         f"with: {command}")
     assert (run_dir / "log.txt").read_text().splitlines()[-1] == str(err.value)
-    monkeypatch.setattr(trainer, "train_step", real_step)
-    results = trainer.run(trainer.parse_args(trainer.Config(), [*argv, "--resume"]), argv)
+    monkeypatch.setattr(engine.loop, "train_step", real_step)
+    results = run(parse_args(Config(), [*argv, "--resume"]), argv)
     assert [r["iteration"] for r in read_rows(run_dir / "results.csv")] == ["2"] * 3 + ["4"] * 3
     assert set(results) == {"aaa", "bbb", "Mean"}
 
@@ -345,7 +351,7 @@ def test_ctrl_c_in_the_next_class_names_its_own_state(tmp_path, data, monkeypatc
     """Class-separated: stopped at the first step of class bbb, the line speaks of bbb (no
     checkpoint yet), not of the checkpoint class aaa left."""
     argv = [*TRAIN, "--data_path", str(data), "--save_dir", str(tmp_path / "results")]
-    real_step = trainer.train_step
+    real_step = train_step
     calls = []
 
     def step(t, img, it, cfg):
@@ -353,9 +359,9 @@ def test_ctrl_c_in_the_next_class_names_its_own_state(tmp_path, data, monkeypatc
         if len(calls) == 5:  # aaa trained its 4 iterations; bbb's first
             raise KeyboardInterrupt
         return real_step(t, img, it, cfg)
-    monkeypatch.setattr(trainer, "train_step", step)
+    monkeypatch.setattr(engine.loop, "train_step", step)
     with pytest.raises(SystemExit) as err:
-        trainer.main(trainer.Config(separate=True, save_name="sep"), argv)
+        main(Config(separate=True, save_name="sep"), argv)
     line = str(err.value)
     assert line.startswith("interrupted, at iteration 0/4 of class bbb: no checkpoint yet")
     assert "aaa" not in line.split("continue with:")[0]
@@ -438,7 +444,7 @@ def test_full_disk_keeps_the_last_good_files(tmp_path, data, monkeypatch):
     run_dir = tmp_path / "results" / "dinomaly_mvtec_uni"
     fill_disk(monkeypatch, "model.pth", at_write=2)
     with pytest.raises(SystemExit) as err:
-        trainer.main(trainer.Config(), argv)
+        main(Config(), argv)
     line = str(err.value)
     assert line.startswith(f"error: cannot write {run_dir / 'model.pth'}: No space left on device "
                            "(the disk is full: free some space, or pass another --save_dir), at "
@@ -455,7 +461,7 @@ def test_full_disk_keeps_the_last_good_files(tmp_path, data, monkeypatch):
         assert torch.equal(model[key], value), key
     assert not list(run_dir.rglob("*.tmp")) and not list(run_dir.rglob(".model.pth.*"))
     monkeypatch.undo()  # space again: the resumed run finishes
-    trainer.run(trainer.parse_args(trainer.Config(), [*argv, "--resume"]), argv)
+    run(parse_args(Config(), [*argv, "--resume"]), argv)
     assert [r["iteration"] for r in read_rows(run_dir / "results.csv")] == ["2"] * 3 + ["4"] * 3
 
 
@@ -482,7 +488,7 @@ def test_files_get_the_usual_permissions(tmp_path, tiny_run, mask):
             f.write("x")
         assert stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) == 0o666 & ~mask
         assert stat.S_IMODE((tmp_path / "plain.txt").stat().st_mode) == 0o666 & ~mask
-        trainer.main(trainer.Config(), [*TINY, "--data_path", str(tiny_run["data"]),
+        main(Config(), [*TINY, "--data_path", str(tiny_run["data"]),
                                         "--classes", "aaa,bbb", "--eval_only", "--checkpoint",
                                         str(tiny_run["model"]), "--save_maps",
                                         "--save_dir", str(tmp_path / "results")])
@@ -529,13 +535,13 @@ def odd_classes(root: Path) -> Path:
 def test_classes_with_undefined_metrics(tmp_path, tiny_run):
     data = odd_classes(tmp_path / "data")
     classes = ("fine", "nobad", "nogood", "blank")
-    trainer.main(trainer.Config(), [*TINY, "--data_path", str(data), "--classes",
+    main(Config(), [*TINY, "--data_path", str(data), "--classes",
                                               ",".join(classes), "--eval_only", "--checkpoint",
                                               str(tiny_run["model"]), "--save_maps",
                                               "--save_dir", str(tmp_path / "results")])
     run_dir = tmp_path / "results" / "dinomaly_mvtec_uni_eval"
     rows = {r["class"]: r for r in read_rows(run_dir / "results.csv")}
-    values = {c: [float(rows[c][m]) for m in trainer.METRIC_NAMES] for c in rows}
+    values = {c: [float(rows[c][m]) for m in METRIC_NAMES] for c in rows}
     nan = [math.isnan(v) for v in values["nobad"]]
     assert nan == [True] * 7
     assert [math.isnan(v) for v in values["nogood"]] == [True] * 3 + [False] * 4
@@ -544,7 +550,7 @@ def test_classes_with_undefined_metrics(tmp_path, tiny_run):
     # the defined ones are the real numbers: pixel metrics of `nogood` against scikit-learn
     model = models.build_dinomaly(ENCODER, "random")
     models.load_checkpoint(model, tiny_run["model"])
-    test_set = trainer.build_datasets(trainer.parse_args(trainer.Config(), [
+    test_set = build_datasets(parse_args(Config(), [
         *TINY, "--data_path", str(data), "--classes", "nogood"]), ["nogood"])[1]["nogood"]
     maps = evaluation.collect_maps(model, torch.utils.data.DataLoader(test_set, batch_size=2),
                                    "cpu", max_ratio=0.01, resize_mask=256)
@@ -553,12 +559,12 @@ def test_classes_with_undefined_metrics(tmp_path, tiny_run):
     assert values["nogood"][4] == pytest.approx(
         average_precision_score(maps.masks.ravel(), maps.maps.ravel()), abs=1e-9)
     # the mean: over the classes where each metric is defined
-    for m, name in enumerate(trainer.METRIC_NAMES):
+    for m, name in enumerate(METRIC_NAMES):
         defined = [values[c][m] for c in classes if not math.isnan(values[c][m])]
         assert values["Mean"][m] == pytest.approx(np.mean(defined), abs=1e-12), name
     note = ("Mean leaves out nan metrics: I-AUROC, I-AP, I-F1 of nobad, nogood; P-AUROC, P-AP, "
             "P-F1, P-AUPRO of nobad, blank")
-    assert list(rows["Mean"]) == ["iteration", "class", *trainer.METRIC_NAMES]  # as before
+    assert list(rows["Mean"]) == ["iteration", "class", *METRIC_NAMES]  # as before
     log = (run_dir / "log.txt").read_text()
     assert "nobad: I-Auroc:nan, I-AP:nan, I-F1:nan, P-AUROC:nan, P-AP:nan, P-F1:nan, " \
            "P-AUPRO:nan" in log
@@ -640,7 +646,7 @@ def test_same_numbers_whatever_the_files_look_like(tmp_path, tiny_run):
         wide.save((odd / rel).with_suffix(".tif" if rel.stem.endswith("1") else ".png"))
     results = {}
     for name, root in (("plain", plain), ("odd", odd.parent)):
-        trainer.main(trainer.Config(), [*TINY, "--data_path", str(root), "--classes", "ccc",
+        main(Config(), [*TINY, "--data_path", str(root), "--classes", "ccc",
                                         "--eval_only", "--checkpoint", str(tiny_run["model"]),
                                         "--save_dir", str(tmp_path / name)])
         run_dir = tmp_path / name / "dinomaly_mvtec_uni_eval"
@@ -648,15 +654,15 @@ def test_same_numbers_whatever_the_files_look_like(tmp_path, tiny_run):
     assert {p.suffix for p in odd.rglob("*.*")} == {".png", ".tif"}
     assert [r["class"] for r in results["odd"]] == ["ccc", "Mean"]
     for row_plain, row_odd in zip(results["plain"], results["odd"]):
-        assert [row_plain[m] for m in trainer.METRIC_NAMES] == \
-               [row_odd[m] for m in trainer.METRIC_NAMES]  # to the last digit
+        assert [row_plain[m] for m in METRIC_NAMES] == \
+               [row_odd[m] for m in METRIC_NAMES]  # to the last digit
     log = (tmp_path / "odd" / "dinomaly_mvtec_uni_eval" / "log.txt").read_text()
     assert f"note: ground_truth/hole of {odd}: masks paired with images by sorted order" in log
     assert "ground_truth/crack" not in log  # paired by name: nothing to say
 
 
 def test_log_that_cannot_be_written_names_its_file():
-    from run_files import RunLog
+    from engine.run_folder import RunLog
     if not Path("/dev/full").exists():
         pytest.skip("needs /dev/full")
     with pytest.raises(fileio.WriteError, match="^cannot write /dev/full: No space left on device$"):

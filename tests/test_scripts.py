@@ -18,7 +18,11 @@ from torch.utils.data import DataLoader
 import dataset
 import models
 import synth
-import trainer
+from engine.cli import parse_args
+from engine.config import Config
+from engine.data import discover_classes
+from engine.results import METRIC_NAMES, format_result
+from engine.run import prepare_run_dir, run
 import utils
 
 REPO = Path(__file__).resolve().parent.parent
@@ -67,7 +71,7 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 
 
 def metrics(row: dict[str, str]) -> list[float]:
-    return [float(row[k]) for k in trainer.METRIC_NAMES]
+    return [float(row[k]) for k in METRIC_NAMES]
 
 
 def check_run_dir(run_dir: Path, proc: subprocess.CompletedProcess, classes: tuple[str, ...],
@@ -148,28 +152,27 @@ def test_mvtec_uni_end_to_end_eval_only_and_refusal(data, tmp_path):
     assert {p: p.read_bytes() for p in run_dir.iterdir()} == before
 
 
+def run_uni(script: str, root: Path, classes: tuple[str, ...], tmp_path: Path
+            ) -> tuple[subprocess.CompletedProcess, dict]:
+    """A multi-class script on `classes`, 4 iterations, one evaluation: its run folder and
+    printed lines checked; returns the process and its config.json."""
+    proc = run_script(script, "--data_path", str(root), "--save_dir", str(tmp_path),
+                      "--classes", ",".join(classes), *KNOBS, "--eval_every", "4")
+    run_dir = tmp_path / script.removesuffix(".py")
+    check_lines(proc, check_run_dir(run_dir, proc, classes, [4], separate=False))
+    return proc, json.loads((run_dir / "config.json").read_text())
+
+
 @pytest.mark.slow
 def test_visa_uni(data, tmp_path):
-    proc = run_script("dinomaly_visa_uni.py", "--data_path", str(data["mvtec"]),
-                      "--save_dir", str(tmp_path), "--classes", ",".join(MVTEC), *KNOBS,
-                      "--eval_every", "4")
-    run_dir = tmp_path / "dinomaly_visa_uni"
-    rows = check_run_dir(run_dir, proc, MVTEC, [4], separate=False)
-    check_lines(proc, rows)
-    cfg = json.loads((run_dir / "config.json").read_text())
+    _, cfg = run_uni("dinomaly_visa_uni.py", data["mvtec"], MVTEC, tmp_path)
     assert (cfg["dataset"], cfg["eps"], cfg["dropout"]) == ("visa", 1e-10, 0.2)
 
 
 @pytest.mark.slow
 def test_realiad_uni(data, tmp_path):
-    proc = run_script("dinomaly_realiad_uni.py", "--data_path", str(data["realiad"]),
-                      "--save_dir", str(tmp_path), "--classes", ",".join(REALIAD), *KNOBS,
-                      "--eval_every", "4")
-    run_dir = tmp_path / "dinomaly_realiad_uni"
-    rows = check_run_dir(run_dir, proc, REALIAD, [4], separate=False)
-    check_lines(proc, rows)
+    proc, cfg = run_uni("dinomaly_realiad_uni.py", data["realiad"], REALIAD, tmp_path)
     assert [n for n, _ in result_lines(proc.stdout)] == [*REALIAD, "Mean"]
-    cfg = json.loads((run_dir / "config.json").read_text())
     assert (cfg["dataset"], cfg["eps"], cfg["dropout"]) == ("realiad", 1e-10, 0.4)
     assert cfg["cudnn_benchmark"] is True
 
@@ -228,10 +231,10 @@ def test_training_equals_reference_loop(data, tmp_path):
     """The trainer's weights after 4 iterations (2 epochs, 2 evaluations in between, dropout
     on) equal the reference's loop written out as in its dinomaly_mvtec_uni.py: same RNG
     draws in the same order (DataLoader iterators, dropout, evaluation)."""
-    cfg = trainer.parse_args(trainer.Config(save_name="ours"), [
+    cfg = parse_args(Config(save_name="ours"), [
         "--data_path", str(data["mvtec"]), "--save_dir", str(tmp_path), "--classes",
         ",".join(MVTEC), *KNOBS])
-    trainer.run(cfg)
+    run(cfg)
     ours = torch.load(tmp_path / "ours" / "model.pth", weights_only=True)
 
     # --- the reference's loop, abridged only in the printing
@@ -285,19 +288,19 @@ def test_training_equals_reference_loop(data, tmp_path):
 # ----------------------------------------------------------------------------- command line
 
 def test_parse_args_defaults_and_overrides(tmp_path):
-    defaults = trainer.Config(dataset="visa", total_iters=10_000, eval_every=5_000,
+    defaults = Config(dataset="visa", total_iters=10_000, eval_every=5_000,
                               save_name="x", classes=("a", "b", "c"))
-    cfg = trainer.parse_args(defaults, [])
+    cfg = parse_args(defaults, [])
     assert cfg.total_iters == 10_000 and cfg.classes == ("a", "b", "c") and cfg.save_name == "x"
     assert cfg.device == ("cuda" if torch.cuda.is_available() else "cpu")
-    cfg = trainer.parse_args(defaults, ["--classes", "c,a", "--total_iters", "7", "--seed", "3",
+    cfg = parse_args(defaults, ["--classes", "c,a", "--total_iters", "7", "--seed", "3",
                                         "--device", "cpu", "--gt_threshold", "0.5",
                                         "--eval_resolution", "128"])
     assert (cfg.classes, cfg.total_iters, cfg.seed, cfg.device) == (("c", "a"), 7, 3, "cpu")
     assert (cfg.gt_threshold, cfg.eval_resolution, cfg.dataset) == (0.5, 128, "visa")
     ckpt = tmp_path / "m.pth"
     ckpt.write_bytes(b"")
-    cfg = trainer.parse_args(defaults, ["--eval_only", "--checkpoint", str(ckpt)])
+    cfg = parse_args(defaults, ["--eval_only", "--checkpoint", str(ckpt)])
     assert cfg.eval_only and cfg.save_name == "x_eval" and cfg.checkpoint == str(ckpt)
 
 
@@ -307,30 +310,30 @@ def test_parse_args_defaults_and_overrides(tmp_path):
                                   ["--classes", "auto", "--data_path", "/nonexistent"]])
 def test_parse_args_rejects(argv, capsys):
     with pytest.raises(SystemExit):
-        trainer.parse_args(trainer.Config(), argv)
+        parse_args(Config(), argv)
     assert "error" in capsys.readouterr().err
 
 
 def test_discover_classes(data):
-    assert trainer.discover_classes("mvtec", str(data["mvtec"])) == list(MVTEC)
-    assert trainer.discover_classes("realiad", str(data["realiad"])) == list(REALIAD)
-    cfg = trainer.parse_args(trainer.Config(dataset="realiad", classes=("x",)),
+    assert discover_classes("mvtec", str(data["mvtec"])) == list(MVTEC)
+    assert discover_classes("realiad", str(data["realiad"])) == list(REALIAD)
+    cfg = parse_args(Config(dataset="realiad", classes=("x",)),
                              ["--classes", "auto", "--data_path", str(data["realiad"])])
     assert cfg.classes == REALIAD
 
 
 def test_results_folder_refusal(tmp_path):
-    cfg = trainer.Config(save_dir=str(tmp_path), save_name="run")
-    assert trainer.prepare_run_dir(cfg).is_dir()  # new
-    assert trainer.prepare_run_dir(cfg).is_dir()  # exists but empty: fine
+    cfg = Config(save_dir=str(tmp_path), save_name="run")
+    assert prepare_run_dir(cfg).is_dir()  # new
+    assert prepare_run_dir(cfg).is_dir()  # exists but empty: fine
     (tmp_path / "run" / "log.txt").write_text("old")
     with pytest.raises(SystemExit, match="already exists"):
-        trainer.prepare_run_dir(cfg)
+        prepare_run_dir(cfg)
     assert (tmp_path / "run" / "log.txt").read_text() == "old"
 
 
 def test_result_line_format():
-    line = trainer.format_result("carpet", [0.99996, 1, 0.5, 0.25, 0.125, 0.0625, 0.03125])
+    line = format_result("carpet", [0.99996, 1, 0.5, 0.25, 0.125, 0.0625, 0.03125])
     assert line == ("carpet: I-Auroc:1.0000, I-AP:1.0000, I-F1:0.5000, P-AUROC:0.2500, "
                     "P-AP:0.1250, P-F1:0.0625, P-AUPRO:0.0312")
     assert LINE.match(line)

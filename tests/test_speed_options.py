@@ -12,10 +12,15 @@ import pytest
 import torch
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler
 
-import distributed
+from engine import distributed
 import models
 import synth
-import trainer
+import engine.step
+from engine.cli import parse_args
+from engine.config import Config
+from engine.data import build_datasets, make_train_loader
+from engine.run import run, speed_options
+from engine.run_folder import write_config
 import utils
 from test_encoder import official_vits_state_dict
 
@@ -29,13 +34,13 @@ def data(tmp_path_factory) -> Path:
     return synth.make_mvtec(tmp_path_factory.mktemp("data") / "mvtec", classes=MVTEC, n_train=3)
 
 
-def tiny_config(data: Path, save_dir: Path, name: str, **overrides) -> trainer.Config:
+def tiny_config(data: Path, save_dir: Path, name: str, **overrides) -> Config:
     """Random ViT-S at 56 px, batch 2, CPU: seconds per run."""
     settings = dict(data_path=str(data), classes=MVTEC, encoder=ENCODER, encoder_weights="random",
                     image_size=64, crop_size=56, total_iters=2, batch_size=2, eval_every=2,
                     num_workers=0, device="cpu", eval_resolution=64, save_dir=str(save_dir),
                     save_name=name)
-    return trainer.Config(**{**settings, **overrides})
+    return Config(**{**settings, **overrides})
 
 
 @pytest.fixture
@@ -102,10 +107,10 @@ def test_sdpa_equals_explicit_at_392_px(tmp_path):
 def test_amp_on_cpu(data, tmp_path, recorded, amp):
     """Mixed precision changes the forward's arithmetic only: the loss gets fp32 features,
     stays close to the fp32 loss (same weights at step 1), weights stay fp32."""
-    trainer.run(tiny_config(data, tmp_path, "fp32", dropout=0.0))
+    run(tiny_config(data, tmp_path, "fp32", dropout=0.0))
     fp32 = [c["loss"] for c in recorded]
     recorded.clear()
-    trainer.run(tiny_config(data, tmp_path, amp, dropout=0.0, amp=amp))
+    run(tiny_config(data, tmp_path, amp, dropout=0.0, amp=amp))
     mixed = [c["loss"] for c in recorded]
     assert len(fp32) == len(mixed) == 2
     assert all(c["dtypes"] == {torch.float32} for c in recorded)
@@ -130,13 +135,13 @@ def test_cache_images_gives_the_same_batches(data, tmp_path):
     which gives those of the reference's DataLoader(shuffle=True, drop_last=True)."""
     plain_cfg = tiny_config(data, tmp_path, "x")
     cached_cfg = tiny_config(data, tmp_path, "x", cache_images=True, num_workers=1)
-    plain_set, _ = trainer.build_datasets(plain_cfg, MVTEC, cache_images=plain_cfg.cache_images)
-    cached_set, _ = trainer.build_datasets(cached_cfg, MVTEC, cache_images=cached_cfg.cache_images)
+    plain_set, _ = build_datasets(plain_cfg, MVTEC, cache_images=plain_cfg.cache_images)
+    cached_set, _ = build_datasets(cached_cfg, MVTEC, cache_images=cached_cfg.cache_images)
     assert all(part.images.cache is not None for part in cached_set.datasets)
     runs = []
     for cfg, train_set in ((plain_cfg, plain_set), (cached_cfg, cached_set)):
         torch.manual_seed(3)
-        loader = trainer.make_train_loader(cfg, train_set)
+        loader = make_train_loader(cfg, train_set)
         assert loader.persistent_workers == (cfg is cached_cfg)
         runs.append((batches(loader, 3), torch.get_rng_state()))
     torch.manual_seed(3)
@@ -151,10 +156,10 @@ def test_cache_images_gives_the_same_batches(data, tmp_path):
 
 def test_cache_images_reaches_realiad(tmp_path):
     root = synth.make_realiad(tmp_path / "realiad", categories=("audiojack",), n_train=2)
-    cfg = trainer.Config(dataset="realiad", data_path=str(root), classes=("audiojack",),
+    cfg = Config(dataset="realiad", data_path=str(root), classes=("audiojack",),
                          image_size=64, crop_size=56)
-    cached, _ = trainer.build_datasets(cfg, cfg.classes, cache_images=True)
-    plain, _ = trainer.build_datasets(cfg, cfg.classes)
+    cached, _ = build_datasets(cfg, cfg.classes, cache_images=True)
+    plain, _ = build_datasets(cfg, cfg.classes)
     assert cached.datasets[0].images.cache is not None and plain.datasets[0].images.cache is None
     assert all(torch.equal(cached[i][0], plain[i][0]) for i in range(len(plain)))
 
@@ -212,12 +217,12 @@ def test_compile_wiring(data, tmp_path, recorded, monkeypatch):
     hard-mining hook still acts (p reaches 0.9 at step 2) and the run equals the eager one;
     model.pth keeps the reference's keys."""
     torch._dynamo.reset()
-    monkeypatch.setattr(trainer, "COMPILE_BACKEND", "aot_eager")
+    monkeypatch.setattr(engine.step, "COMPILE_BACKEND", "aot_eager")
     kw = dict(dropout=0.0, hm_ramp_iters=1, total_iters=3, eval_every=3)
-    trainer.run(tiny_config(data, tmp_path, "eager", **kw))
+    run(tiny_config(data, tmp_path, "eager", **kw))
     eager = [c["loss"] for c in recorded]
     recorded.clear()
-    trainer.run(tiny_config(data, tmp_path, "compiled", compile=True, **kw))
+    run(tiny_config(data, tmp_path, "compiled", compile=True, **kw))
     compiled = [c["loss"] for c in recorded]
     from torch._dynamo.utils import counters
     assert counters["stats"]["unique_graphs"] >= 3  # encoder, bottleneck, decoder blocks
@@ -229,7 +234,7 @@ def test_compile_wiring(data, tmp_path, recorded, monkeypatch):
         torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-6)
     # the hook matters here: without it (factor 1) the weights come out elsewhere
     recorded.clear()
-    trainer.run(tiny_config(data, tmp_path, "nohook", compile=True, hm_factor=1.0, **kw))
+    run(tiny_config(data, tmp_path, "nohook", compile=True, hm_factor=1.0, **kw))
     c = torch.load(tmp_path / "nohook" / "model.pth", weights_only=True)
     assert not torch.allclose(c["decoder.0.attn.qkv.weight"], b["decoder.0.attn.qkv.weight"],
                               rtol=1e-4, atol=1e-6)
@@ -238,28 +243,28 @@ def test_compile_wiring(data, tmp_path, recorded, monkeypatch):
 # ----------------------------------------------------------------------------- CLI
 
 def test_flags_parse_and_reach_config_json(tmp_path):
-    defaults = trainer.Config(dropout=0.4)
-    cfg = trainer.parse_args(defaults, [])
+    defaults = Config(dropout=0.4)
+    cfg = parse_args(defaults, [])
     assert (cfg.amp, cfg.cache_images, cfg.compile, cfg.fused_attn) == ("none", False, False, True)
     assert (cfg.dropout, cfg.log_every) == (0.4, 100)
     argv = ["--amp", "bf16", "--cache_images", "--compile", "--explicit_attn", "--dropout", "0",
             "--log_every", "5"]
-    cfg = trainer.parse_args(defaults, argv)
+    cfg = parse_args(defaults, argv)
     assert (cfg.amp, cfg.cache_images, cfg.compile, cfg.fused_attn) == ("bf16", True, True, False)
     assert (cfg.dropout, cfg.log_every) == (0.0, 5)
-    trainer.write_config(cfg, tmp_path, argv)
+    write_config(cfg, tmp_path, argv)
     saved = json.loads((tmp_path / "config.json").read_text())
     assert (saved["amp"], saved["cache_images"], saved["compile"], saved["fused_attn"]) == \
            ("bf16", True, True, False)
     assert (saved["dropout"], saved["log_every"], saved["processes"]) == (0.0, 5, 1)
     assert saved["command"][1:] == argv
-    assert trainer.speed_options(cfg, 2) == \
+    assert speed_options(cfg, 2) == \
            ", amp bf16, explicit attention, image cache, compiled, 2 processes"
-    assert trainer.speed_options(trainer.Config(), 1) == ""
+    assert speed_options(Config(), 1) == ""
 
 
 @pytest.mark.parametrize("argv", [["--amp", "fp32"], ["--dropout", "1"], ["--log_every", "0"]])
 def test_flags_rejected(argv, capsys):
     with pytest.raises(SystemExit):
-        trainer.parse_args(trainer.Config(), argv)
+        parse_args(Config(), argv)
     assert "error" in capsys.readouterr().err

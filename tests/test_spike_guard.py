@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from spike_guard import NonFiniteLoss, Spike, SpikeGuard
+from engine.spike_guard import NonFiniteLoss, Spike, SpikeGuard
 
 
 def feed(guard: SpikeGuard, losses: list[float], start: int = 1) -> list[Spike]:

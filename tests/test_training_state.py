@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-import training_state as ts
+from engine import training_state as ts
 import utils
 
 

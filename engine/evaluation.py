@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from metrics import binary_metrics, compute_pro
+from engine.metrics import binary_metrics, compute_pro
 
 
 def get_gaussian_kernel(kernel_size: int = 3, sigma: float = 2, channels: int = 1) -> nn.Conv2d:

@@ -6,7 +6,7 @@ torchrun sets WORLD_SIZE, RANK, LOCAL_RANK, MASTER_ADDR and MASTER_PORT; `launch
 the process group (NCCL for CUDA, gloo for CPU) when WORLD_SIZE > 1 and does nothing
 otherwise. The global batch is split into N equal contiguous shares (`GlobalBatchSampler`),
 so a step sees the same 16 images as a single-process step and, with the hard-mining
-threshold taken over the global batch (`all_gather_cat`) and DDP averaging the gradients,
+threshold taken over the global batch (`utils.all_gather_cat`) and DDP averaging the gradients,
 computes the same update (to float round-off).
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
-from checks import CheckError
+from engine.checks import CheckError
 
 # Rank 0 evaluates while the others wait at a barrier; evaluating a large test set (Real-IAD)
 # can take longer than NCCL's default 10-minute collective timeout.
@@ -98,16 +98,6 @@ def mean_over_ranks(value: float) -> float:
     t = torch.tensor([value], dtype=torch.float64, device=_comm_device())
     dist.all_reduce(t)
     return t.item() / world_size()
-
-
-def all_gather_cat(t: torch.Tensor) -> torch.Tensor:
-    """`t` of every rank concatenated along dim 0, in rank order (`t` itself with one
-    process). Equal shapes on every rank. No gradient flows through the gathered parts."""
-    if world_size() == 1:
-        return t
-    parts = [torch.empty_like(t) for _ in range(world_size())]
-    dist.all_gather(parts, t.contiguous())
-    return torch.cat(parts)
 
 
 def barrier() -> None:

@@ -32,7 +32,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from fileio import atomic_write_bytes, atomic_write_text
+from engine.fileio import atomic_write_bytes, atomic_write_text
 
 __all__ = ["build_demo_dataset", "DemoDataError", "TEXTURES", "DEFECTS", "MARKER", "expected_files"]
 

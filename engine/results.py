@@ -1,4 +1,9 @@
-"""Results at a glance: the mean over classes, and results.md (issues 6 and 9).
+"""The run's results: the reference's result lines, results.csv and results.md.
+
+- `format_result`: `<class>: I-Auroc:0.xxxx, …`, the reference's line (spec §5);
+  `report` logs one per class (and the Mean line) and adds them to the table.
+- `ResultsTable`: `results.csv` (one row per class per evaluation, plus `Mean`) and
+  `results.md` beside it, both rewritten atomically after every evaluation.
 
 `mean_result` averages each metric over the classes where it is defined (a class with no
 anomalous test image has no I-AUROC, one whose masks are all empty no pixel metric: they
@@ -10,12 +15,23 @@ next to results.csv after every evaluation.
 """
 from __future__ import annotations
 
+import csv
+import dataclasses
+import io
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 
+from engine.config import ALL_CLASSES, Config
+from engine.fileio import atomic_write
+
 METRIC_NAMES = ("I-AUROC", "I-AP", "I-F1", "P-AUROC", "P-AP", "P-F1", "P-AUPRO")
+RESULTS_HEADER = ("iteration", "class", *METRIC_NAMES)  # results.csv
+# the reference's result line (spec §5), kept character for character
+RESULT_FORMAT = ("{}: I-Auroc:{:.4f}, I-AP:{:.4f}, I-F1:{:.4f}, P-AUROC:{:.4f}, P-AP:{:.4f}, "
+                 "P-F1:{:.4f}, P-AUPRO:{:.4f}")
 
 # Spec §6: the paper's multi-class means (ViT-B, 10k iterations; percent)
 PAPER_MEANS: dict[str, tuple[float, ...]] = {
@@ -115,3 +131,99 @@ def results_markdown(results: Mapping[str, Sequence[float]], title: str,
                       "one to one:", ""]
             lines += [f"- {d}" for d in differences]
     return "\n".join(lines) + "\n"
+
+
+Page = Callable[[dict[str, list[float]], int | None], str]
+
+
+class ResultsTable:
+    """results.csv: `iteration,class,<7 metrics>`, floats written exactly (repr; `nan` where
+    a metric is not defined for a class); and, with `markdown` (latest results per class,
+    iteration -> page), results.md beside it. `path=None`: not written (ranks other than 0)."""
+
+    def __init__(self, path: Path | None, markdown: Page | None = None) -> None:
+        self.path = path
+        self.markdown = markdown
+        self.rows: list[list[str]] = []
+
+    def take_over(self, limits: dict[str, int]) -> None:
+        """`--resume`: the rows of the run's results.csv for the classes in `limits`, up to
+        their iteration (rows after the checkpoint a class goes back to are written again)."""
+        if self.path is None or not self.path.is_file():
+            return
+        with open(self.path, newline="") as f:
+            rows = list(csv.reader(f))[1:]
+        self.rows = [r for r in rows if r[1] in limits and r[0] and int(r[0]) <= limits[r[1]]]
+
+    def latest(self) -> tuple[dict[str, list[float]], int | None]:
+        """The last row per class (first-seen order) and the largest iteration among them."""
+        last = {row[1]: row for row in self.rows}
+        iterations = [int(row[0]) for row in last.values() if row[0]]
+        return ({name: [float(v) for v in row[2:]] for name, row in last.items()},
+                max(iterations) if iterations else None)
+
+    def add(self, iteration: int | None, name: str, values: Sequence[float]) -> None:
+        self.rows.append(["" if iteration is None else str(iteration), name,
+                          *(repr(float(v)) for v in values)])
+
+    def save(self) -> None:
+        if self.path is None:
+            return
+
+        def write(f: io.IOBase) -> None:
+            w = csv.writer(f)
+            w.writerow(RESULTS_HEADER)
+            w.writerows(self.rows)
+        atomic_write(self.path, write)
+        if self.markdown is not None:
+            page = self.markdown(*self.latest())
+            atomic_write(self.path.with_name("results.md"), lambda f: f.write(page))
+
+
+def format_result(name: str, values: Sequence[float]) -> str:
+    """`<name>: I-Auroc:0.xxxx, ...` — the reference's line."""
+    return RESULT_FORMAT.format(name, *values)
+
+
+def report(results: dict[str, list[float]], iteration: int | None, log: Callable[[str], None],
+           table: ResultsTable, with_mean: bool) -> None:
+    """Log one line per class (and the Mean line, with a note on the classes it leaves
+    out), add them to results.csv and rewrite it (and results.md)."""
+    for name, values in results.items():
+        log(format_result(name, values))
+        table.add(iteration, name, values)
+    if with_mean:
+        report_mean(results, iteration, log, table)
+    table.save()
+
+
+def report_mean(results: dict[str, list[float]], iteration: int | None, log: Callable[[str], None],
+                table: ResultsTable) -> None:
+    """Log the Mean line over the classes of `results` (with a note naming the classes it
+    leaves out, see `mean_result`) and add it to results.csv."""
+    means, note = mean_result(results)
+    log(format_result("Mean", means))
+    if note:
+        log(f"note: {note} ({UNDEFINED_HINT})")
+    table.add(iteration, "Mean", means)
+
+
+def results_page(cfg: Config) -> Page:
+    """results.md's page for `cfg`: with the paper's means for the multi-class scripts."""
+    paper = paper_means(cfg.dataset, cfg.separate)
+    settings = dataclasses.asdict(cfg)
+    if cfg.eval_only:  # the checkpoint's own training is not known here
+        settings["total_iters"] = PAPER_SETTING["total_iters"]
+    differences = (paper_differences(settings, ALL_CLASSES[cfg.dataset])
+                   if paper else [])
+    title = (f"{cfg.save_name}: Dinomaly, {DATASET_TITLES[cfg.dataset]}, "
+             f"{'class-separated' if cfg.separate else 'multi-class'}")
+    if cfg.eval_only:
+        title += f", evaluation of {cfg.checkpoint}"
+
+    def page(results: dict[str, list[float]], iteration: int | None) -> str:
+        classes = {name: values for name, values in results.items() if name != "Mean"}
+        note = mean_result(classes)[1] if "Mean" in results else ""
+        return results_markdown(results, title, iteration, paper, differences,
+                                                note)
+    return page

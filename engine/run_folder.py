@@ -4,8 +4,7 @@
   for a start that fails before its first training step, removes what that start made,
   so that the same command runs again once the cause is fixed (issue 9).
 - `RunLog`: `log.txt`, every printed line, appended and flushed line by line.
-- `ResultsTable`: `results.csv` (one row per class per evaluation, plus `Mean`) and
-  `results.md` beside it, both rewritten atomically after every evaluation.
+- `write_config`: `config.json`, every setting used, the command and the versions.
 - `save_model`: `model.pth`, the full `model.state_dict()` in the reference's keys.
 
 Every file but `log.txt` is written atomically (`fileio.atomic_write`): a failed write
@@ -13,22 +12,22 @@ Every file but `log.txt` is written atomically (`fileio.atomic_write`): a failed
 """
 from __future__ import annotations
 
-import csv
-import io
+import dataclasses
+import json
 import os
 import shutil
 import sys
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from torch import nn
 from tqdm import tqdm
 
-from fileio import WriteError, atomic_write
-
-METRIC_NAMES = ("I-AUROC", "I-AP", "I-F1", "P-AUROC", "P-AP", "P-F1", "P-AUPRO")
-RESULTS_HEADER = ("iteration", "class", *METRIC_NAMES)
+from engine import distributed
+from engine.config import Config
+from engine.fileio import WriteError, atomic_write
 
 
 class RunFolder:
@@ -120,48 +119,10 @@ class RunLog:
             raise WriteError(self.path, err) from None
 
 
-Page = Callable[[dict[str, list[float]], int | None], str]
-
-
-class ResultsTable:
-    """results.csv: `iteration,class,<7 metrics>`, floats written exactly (repr; `nan` where
-    a metric is not defined for a class); and, with `markdown` (latest results per class,
-    iteration -> page), results.md beside it. `path=None`: not written (ranks other than 0)."""
-
-    def __init__(self, path: Path | None, markdown: Page | None = None) -> None:
-        self.path = path
-        self.markdown = markdown
-        self.rows: list[list[str]] = []
-
-    def take_over(self, limits: dict[str, int]) -> None:
-        """`--resume`: the rows of the run's results.csv for the classes in `limits`, up to
-        their iteration (rows after the checkpoint a class goes back to are written again)."""
-        if self.path is None or not self.path.is_file():
-            return
-        with open(self.path, newline="") as f:
-            rows = list(csv.reader(f))[1:]
-        self.rows = [r for r in rows if r[1] in limits and r[0] and int(r[0]) <= limits[r[1]]]
-
-    def latest(self) -> tuple[dict[str, list[float]], int | None]:
-        """The last row per class (first-seen order) and the largest iteration among them."""
-        last = {row[1]: row for row in self.rows}
-        iterations = [int(row[0]) for row in last.values() if row[0]]
-        return ({name: [float(v) for v in row[2:]] for name, row in last.items()},
-                max(iterations) if iterations else None)
-
-    def add(self, iteration: int | None, name: str, values: Sequence[float]) -> None:
-        self.rows.append(["" if iteration is None else str(iteration), name,
-                          *(repr(float(v)) for v in values)])
-
-    def save(self) -> None:
-        if self.path is None:
-            return
-
-        def write(f: io.IOBase) -> None:
-            w = csv.writer(f)
-            w.writerow(RESULTS_HEADER)
-            w.writerows(self.rows)
-        atomic_write(self.path, write)
-        if self.markdown is not None:
-            page = self.markdown(*self.latest())
-            atomic_write(self.path.with_name("results.md"), lambda f: f.write(page))
+def write_config(cfg: Config, run_dir: Path, argv: Sequence[str]) -> None:
+    """config.json: the settings used, plus the command and library versions."""
+    info = {**dataclasses.asdict(cfg), "processes": distributed.world_size(),
+            "command": [sys.argv[0], *argv],
+            "started": time.strftime("%Y-%m-%d %H:%M:%S"), "torch": torch.__version__,
+            "python": sys.version.split()[0]}
+    atomic_write(run_dir / "config.json", lambda f: json.dump(info, f, indent=2))

@@ -29,7 +29,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from dataset import load_rgb
-from fileio import atomic_write_bytes
+from engine.fileio import atomic_write_bytes
 
 __all__ = [
     "save_class_heatmaps", "class_scale", "format_scale", "format_number", "colorize",

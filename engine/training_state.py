@@ -44,7 +44,7 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
-from fileio import atomic_write
+from engine.fileio import atomic_write
 from models.vit_encoder import EncoderError, load_file, load_strict
 
 CHECKPOINT_NAME = "checkpoint.pth"

@@ -1,0 +1,31 @@
+"""Datasets and transforms of Dinomaly (spec §1), with the reference's public names
+(`from dataset import MVTecDataset` as in the reference; one building block per file).
+
+Layouts:
+- MVTec AD and prepared VisA: ``<data>/<class>/{train/good, test/<defect>, ground_truth/<defect>}``.
+- Real-IAD: ``<data>/realiad_1024/<category>/...`` with the split in
+  ``<data>/realiad_jsons/realiad_jsons/<category>.json``.
+
+Items: training ``(img, label)``; test ``(img, gt, label, img_path)`` with
+``img`` ``3 × isize × isize`` (normalised), ``gt`` ``1 × isize × isize`` in [0, 1]
+(all zeros for normal images), ``label`` 0 normal / 1 anomalous, ``img_path`` the
+joined path string.
+
+Every bad input raises ``DatasetError`` with one message that names the path and
+says what to do.
+"""
+from .checks import check_mask_sizes, image_paths
+from .classes import MVTEC_CLASSES, REALIAD_CLASSES, VISA_CLASSES
+from .errors import DatasetError
+from .folders import IMAGE_EXTENSIONS, discover_classes
+from .images import READABLE_MODES, check_images, load_mask, load_rgb
+from .mvtec import MVTecDataset, mvtec_train_set
+from .realiad import RealIADDataset
+from .transforms import IMAGENET_MEAN, IMAGENET_STD, get_data_transforms, split_resize
+
+__all__ = [
+    "DatasetError", "MVTEC_CLASSES", "VISA_CLASSES", "REALIAD_CLASSES",
+    "get_data_transforms", "split_resize", "MVTecDataset", "RealIADDataset",
+    "mvtec_train_set", "discover_classes", "check_images", "check_mask_sizes", "image_paths",
+    "load_rgb", "load_mask", "IMAGE_EXTENSIONS", "READABLE_MODES", "IMAGENET_MEAN", "IMAGENET_STD",
+]
