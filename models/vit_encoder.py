@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from .dinov2 import DinoVisionTransformer
+from .reference_rng import advance_like_dinov1_vit
 
 # size -> (embed_dim, depth, num_heads); spec §2
 ARCHS = {"small": (384, 12, 6), "base": (768, 12, 12), "large": (1024, 24, 16)}
@@ -184,6 +185,9 @@ def load(name: str, weights: str | os.PathLike = "official",
             pretraining: tests, smoke runs) or a path to a `.pth` in the official format.
         fused_attn: `F.scaled_dot_product_attention` (True) or the explicit form.
     """
+    # The reference's loader first builds, and drops, a DINOv1 ViT of this size: make its
+    # CPU generator draws, whatever `weights` is, so that all later draws match the reference's.
+    advance_like_dinov1_vit(parse_name(name)[0])
     model = build(name, fused_attn)
     if weights != "random":
         path = official_weights(name) if weights == "official" else Path(weights)

@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader
 import dataset
 import models
 import synth
+from test_reference_init import reference_dinomaly
 from engine.cli import parse_args
 from engine.config import Config
 from engine.data import discover_classes
@@ -229,8 +230,9 @@ def test_classes_auto_on_custom_folder(tmp_path):
 @pytest.mark.slow
 def test_training_equals_reference_loop(data, tmp_path):
     """The trainer's weights after 4 iterations (2 epochs, 2 evaluations in between, dropout
-    on) equal the reference's loop written out as in its dinomaly_mvtec_uni.py: same RNG
-    draws in the same order (DataLoader iterators, dropout, evaluation)."""
+    on) equal the reference's loop written out as in its dinomaly_mvtec_uni.py, started from
+    the reference's own construction (initial weights and generator state): same RNG draws
+    in the same order (model construction, DataLoader iterators, dropout, evaluation)."""
     cfg = parse_args(Config(save_name="ours"), [
         "--data_path", str(data["mvtec"]), "--save_dir", str(tmp_path), "--classes",
         ",".join(MVTEC), *KNOBS])
@@ -246,7 +248,13 @@ def test_training_equals_reference_loop(data, tmp_path):
                                            phase="test") for c in MVTEC]
     train_dataloader = DataLoader(train_data, batch_size=batch_size, shuffle=True, num_workers=0,
                                   drop_last=True)
-    model = models.build_dinomaly(ENCODER, "random", dropout=0.2, device="cpu")
+    # the reference's construction draws (discarded DINOv1 ViT, DINOv2, bottleneck, decoder,
+    # inverse-CDF truncated normals), written plainly: its initial weights and generator
+    ref_init = reference_dinomaly(ENCODER)
+    rng_after_init = torch.get_rng_state()
+    model = models.build_dinomaly(ENCODER, "random", dropout=0.2, device="cpu")  # structure only
+    model.load_state_dict(ref_init.state_dict())
+    torch.set_rng_state(rng_after_init)
     trainable = nn.ModuleList([model.bottleneck, model.decoder])
     optimizer = utils.StableAdamW([{"params": trainable.parameters()}], lr=2e-3,
                                   betas=(0.9, 0.999), weight_decay=1e-4, amsgrad=True, eps=1e-10)

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..init import trunc_normal_
 from .block import Block
 from .patch_embed import PatchEmbed
 
@@ -42,13 +43,15 @@ class DinoVisionTransformer(nn.Module):
         self.init_weights()
 
     def init_weights(self) -> None:
-        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        # The reference's truncated normal (inverse CDF, cut at ±2 absolute), not torch 2.x's:
+        # same values, same generator draws.
+        trunc_normal_(self.pos_embed, std=0.02)
         nn.init.normal_(self.cls_token, std=1e-6)
         if self.register_tokens is not None:
             nn.init.normal_(self.register_tokens, std=1e-6)
         for m in self.modules():  # Linear modules in the official (depth-first) order
             if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
+                trunc_normal_(m.weight, std=0.02)
                 nn.init.zeros_(m.bias)
 
     def interpolate_pos_encoding(self, H: int, W: int) -> torch.Tensor:
