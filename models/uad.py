@@ -4,16 +4,24 @@ import torch
 from torch import nn
 
 from .dinov2 import DinoVisionTransformer
+from .dinov3 import DinoVisionTransformer as DinoV3VisionTransformer
 
 
 class ViTill(nn.Module):
     """`forward(x)`: `(B, 3, H, W) -> (en, de)`, two lists of `len(fuse_layer_*)` maps
-    `B × C × H/14 × W/14` (encoder groups, decoder groups)."""
+    `B × C × H/p × W/p`, p the encoder's patch (14 or 16) (encoder groups, decoder groups).
 
-    def __init__(self, encoder: DinoVisionTransformer, bottleneck: nn.ModuleList,
+    `patch_tokens_only=False` (the reference, DINOv2): all tokens, cls and registers
+    included, enter the bottleneck and the decoder, and are dropped only for the maps.
+    `True` (the DINOv3 fork): cls and storage tokens are dropped right after the encoder.
+    """
+
+    def __init__(self, encoder: DinoVisionTransformer | DinoV3VisionTransformer,
+                 bottleneck: nn.ModuleList,
                  decoder: nn.ModuleList, target_layers: list[int] = (2, 3, 4, 5, 6, 7, 8, 9),
                  fuse_layer_encoder: list[list[int]] = ((0, 1, 2, 3, 4, 5, 6, 7),),
-                 fuse_layer_decoder: list[list[int]] = ((0, 1, 2, 3, 4, 5, 6, 7),)) -> None:
+                 fuse_layer_decoder: list[list[int]] = ((0, 1, 2, 3, 4, 5, 6, 7),),
+                 patch_tokens_only: bool = False) -> None:
         super().__init__()
         self.encoder = encoder
         self.bottleneck = bottleneck
@@ -21,6 +29,9 @@ class ViTill(nn.Module):
         self.target_layers = [int(i) for i in target_layers]
         self.fuse_layer_encoder = [list(g) for g in fuse_layer_encoder]
         self.fuse_layer_decoder = [list(g) for g in fuse_layer_decoder]
+        self.patch_tokens_only = patch_tokens_only
+        self.num_prefix_tokens = 1 + encoder.num_register_tokens  # cls + registers/storage
+        self.uses_rope = isinstance(encoder, DinoV3VisionTransformer)  # blocks take (x, rope)
 
     @staticmethod
     def fuse_feature(feat_list: list[torch.Tensor]) -> torch.Tensor:
@@ -29,25 +40,30 @@ class ViTill(nn.Module):
 
     def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Outputs `(B, N, C)` of the target blocks; blocks past the last one never run."""
+        H, W = x.shape[-2:]
         with torch.no_grad():
             x = self.encoder.prepare_tokens(x)
+            rope = self.encoder.rope(H, W) if self.uses_rope else None  # DINOv3: once per input
             en_list = []
             for i, blk in enumerate(self.encoder.blocks[: self.target_layers[-1] + 1]):
-                x = blk(x)
+                x = blk(x) if rope is None else blk(x, rope)
                 if i in self.target_layers:
                     en_list.append(x)
         return en_list
 
     def to_maps(self, tokens: torch.Tensor, n_h: int, n_w: int) -> torch.Tensor:
-        """Drop cls and register tokens: `(B, 1 + R + h·w, C) -> (B, C, h, w)`."""
+        """Drop cls and register tokens: `(B, 1 + R + h·w, C) -> (B, C, h, w)` (with
+        `patch_tokens_only`, they are gone already: `(B, h·w, C) -> (B, C, h, w)`)."""
         B, _, C = tokens.shape
-        patches = tokens[:, 1 + self.encoder.num_register_tokens:, :]
+        patches = tokens[:, 0 if self.patch_tokens_only else self.num_prefix_tokens:, :]
         return patches.permute(0, 2, 1).reshape(B, C, n_h, n_w).contiguous()  # B, N, C -> B, C, h, w
 
     def forward(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         n_h, n_w = x.shape[-2] // self.encoder.patch_size, x.shape[-1] // self.encoder.patch_size
         en_list = self.encode(x)
-        x = self.fuse_feature(en_list)  # all tokens, cls and registers included
+        if self.patch_tokens_only:  # the DINOv3 fork: B, 5 + h·w, C -> B, h·w, C
+            en_list = [e[:, self.num_prefix_tokens:] for e in en_list]
+        x = self.fuse_feature(en_list)  # DINOv2: all tokens, cls and registers included
         for blk in self.bottleneck:
             x = blk(x)
         de_list = []
