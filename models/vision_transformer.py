@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .heads import merge_heads, split_heads
 from .mlp import Mlp
 
 
@@ -40,15 +41,13 @@ class LinearAttention2(nn.Module):
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, N, C = x.shape
-        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, C // self.num_heads)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 × (B, heads, N, hd)
+        q, k, v = split_heads(self.qkv(x), self.num_heads)  # 3 × (B, heads, N, hd)
         q = F.elu(q) + 1.0
         k = F.elu(k) + 1.0
         kv = torch.einsum("...sd,...se->...de", k, v)  # B, heads, hd, hd: Σ_j k'_j v_jᵀ
         z = 1.0 / torch.einsum("...sd,...d->...s", q, k.sum(dim=-2))  # B, heads, N
         x = torch.einsum("...de,...sd,...s->...se", kv, q, z)  # B, heads, N, hd
-        x = x.transpose(1, 2).reshape(B, N, C)  # B, heads, N, hd -> B, N, C
+        x = merge_heads(x)  # B, heads, N, hd -> B, N, C
         x = self.proj(x)
         return x
 

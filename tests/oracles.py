@@ -1,9 +1,11 @@
-"""The reference's metric procedures written out plainly, as oracles for the fast metrics
-(tests/test_metrics.py, tests/test_evaluation.py) and baselines for
-benchmarks/bench_metrics.py."""
+"""Plain oracles: the reference's metric procedures written out (for the fast metrics in
+tests/test_metrics.py, tests/test_evaluation.py and the baselines of
+benchmarks/bench_metrics.py) and Dinomaly's forward written out (tests/test_models.py,
+tests/test_dinov3.py)."""
 from statistics import mean
 
 import numpy as np
+import torch
 from skimage import measure
 from sklearn.metrics import auc, precision_recall_curve
 
@@ -41,3 +43,40 @@ def brute_force_f1_max(y_true, y_score):
         precision, recall = tp / predicted.sum(), tp / y_true.sum()
         best = max(best, 2 * precision * recall / (precision + recall + 1e-7))
     return best
+
+
+def plain_forward(model, img: torch.Tensor, grid: tuple[int, int], rope: tuple | None = None,
+                  patch_tokens_only: bool = False) -> tuple[list, list]:
+    """Dinomaly's forward written plainly, without gradient: the encoder's tokens through
+    blocks 0..9 (DINOv3: with `rope`), no final norm; `patch_tokens_only` (DINOv3): cls and
+    the 4 storage tokens dropped before the bottleneck, else (DINOv2) cls and 4 registers
+    dropped only for the maps. Returns `(en, de)` of `plain_groups`."""
+    enc = model.encoder
+    with torch.no_grad():
+        t = enc.prepare_tokens(img)
+        outs = []
+        for blk in enc.blocks[:10]:
+            t = blk(t) if rope is None else blk(t, rope)
+            outs.append(t[:, 5:] if patch_tokens_only else t)
+        return plain_groups(model, outs, prefix=0 if patch_tokens_only else 5, grid=grid)
+
+
+def plain_groups(model, outs: list, prefix: int, grid: tuple[int, int]) -> tuple[list, list]:
+    """Dinomaly's forward after the encoder, written plainly. `outs`: the outputs of encoder
+    blocks 0..9 (`B × N × C`), of which 2..9 are kept; their mean goes through the
+    bottleneck and the 8 decoder blocks (reversed: index 0 = the last); each side's two
+    groups of four are averaged, their first `prefix` tokens dropped, `B × N × C ->
+    B × C × h × w`. Returns `(en, de)`, two lists of two maps."""
+    kept = outs[2:10]
+    h = model.bottleneck[0](torch.stack(kept).mean(0))
+    dec = []
+    for blk in model.decoder:
+        h = blk(h)
+        dec.append(h)
+    dec = dec[::-1]
+
+    def maps(ts: list) -> torch.Tensor:
+        m = torch.stack(ts).mean(0)[:, prefix:]
+        return m.transpose(1, 2).reshape(m.shape[0], m.shape[2], *grid)
+
+    return [maps(kept[:4]), maps(kept[4:])], [maps(dec[:4]), maps(dec[4:])]

@@ -15,6 +15,7 @@ from models.build import TARGET_LAYERS
 from models.dinov3 import LinearKMaskedBias, SwiGLUFFN, swiglu_hidden, timm_to_official
 from models.vit_encoder import EncoderError
 
+from oracles import plain_forward
 from dinov3_oracles import (BF16_PERIODS, DEPTH, DIM, HD, official_to_timm,
                             official_v3_state_dict, oracle_block, oracle_rope, oracle_tokens)
 
@@ -366,26 +367,11 @@ def test_dinomaly_semantics_patch_tokens_only(dinomaly):
     dinomaly.eval()
     img = torch.randn(2, 3, 64, 80)
     en, de = dinomaly(img)
-    enc = dinomaly.encoder
-    with torch.no_grad():
-        rope = enc.rope_embed(4, 5)
-        t = enc.prepare_tokens(img)
-        outs = []
-        for blk in enc.blocks[:10]:
-            t = blk(t, rope)
-            outs.append(t[:, 5:])  # patch tokens only, no final norm
-        kept = outs[2:10]
-        h = dinomaly.bottleneck[0](torch.stack(kept).mean(0))
-        dec = []
-        for blk in dinomaly.decoder:
-            h = blk(h)
-            dec.append(h)
-
-    def maps(ts):  # mean, B, h·w, C -> B, C, 4, 5
-        return torch.stack(ts).mean(0).transpose(1, 2).reshape(2, DIM, 4, 5)
-
-    assert torch.allclose(en[0], maps(kept[:4])) and torch.allclose(en[1], maps(kept[4:]))
-    assert torch.allclose(de[0], maps(dec[::-1][:4])) and torch.allclose(de[1], maps(dec[::-1][4:]))
+    # patch tokens only, no final norm; B, h·w, C -> B, C, 4, 5
+    plain_en, plain_de = plain_forward(dinomaly, img, grid=(4, 5),
+                                       rope=dinomaly.encoder.rope_embed(4, 5), patch_tokens_only=True)
+    assert torch.allclose(en[0], plain_en[0]) and torch.allclose(en[1], plain_en[1])
+    assert torch.allclose(de[0], plain_de[0]) and torch.allclose(de[1], plain_de[1])
 
 
 def test_dinomaly_encoder_stays_in_eval_mode(dinomaly):

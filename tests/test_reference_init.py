@@ -111,6 +111,21 @@ def module(**children: nn.Module | nn.Parameter) -> nn.Module:
     return m
 
 
+def vit_block(dim: int, eps: float) -> nn.Module:
+    """A pre-norm ViT block as the reference's code constructs it (DINOv1 and the Dinomaly
+    decoder: LayerNorm, attention with qkv bias, LayerNorm, MLP ×4), in its order of
+    construction (which fixes the generator draws)."""
+    return module(
+        norm1=nn.LayerNorm(dim, eps=eps),
+        attn=module(qkv=nn.Linear(dim, 3 * dim, bias=True), attn_drop=nn.Dropout(0.0),
+                    proj=nn.Linear(dim, dim), proj_drop=nn.Dropout(0.0)),
+        drop_path=nn.Identity(),
+        norm2=nn.LayerNorm(dim, eps=eps),
+        mlp=module(fc1=nn.Linear(dim, 4 * dim), act=nn.GELU(), fc2=nn.Linear(4 * dim, dim),
+                   drop=nn.Dropout(0.0)),
+    )
+
+
 def dinov1_vit(size: str) -> nn.Module:
     """facebookresearch/dino `vit_<size>(patch_size=14)` (img_size 224, qkv bias, MLP ratio 4,
     no head): its layers in construction order, then its init."""
@@ -120,15 +135,7 @@ def dinov1_vit(size: str) -> nn.Module:
         cls_token=nn.Parameter(torch.zeros(1, 1, dim)),
         pos_embed=nn.Parameter(torch.zeros(1, 16 * 16 + 1, dim)),
         pos_drop=nn.Dropout(0.0),
-        blocks=nn.ModuleList(module(
-            norm1=nn.LayerNorm(dim, eps=1e-6),
-            attn=module(qkv=nn.Linear(dim, 3 * dim, bias=True), attn_drop=nn.Dropout(0.0),
-                        proj=nn.Linear(dim, dim), proj_drop=nn.Dropout(0.0)),
-            drop_path=nn.Identity(),
-            norm2=nn.LayerNorm(dim, eps=1e-6),
-            mlp=module(fc1=nn.Linear(dim, 4 * dim), act=nn.GELU(), fc2=nn.Linear(4 * dim, dim),
-                       drop=nn.Dropout(0.0)),
-        ) for _ in range(depth)),
+        blocks=nn.ModuleList(vit_block(dim, eps=1e-6) for _ in range(depth)),
         norm=nn.LayerNorm(dim, eps=1e-6),
         head=nn.Identity())
     ref_trunc_normal_(vit.pos_embed, std=0.02)
@@ -194,15 +201,7 @@ def reference_dinomaly(name: str, weights: dict[str, torch.Tensor] | None = None
         encoder.load_state_dict(weights)
     bottleneck = nn.ModuleList([module(fc1=nn.Linear(dim, 4 * dim), act=nn.GELU(),
                                        fc2=nn.Linear(4 * dim, dim), drop=nn.Dropout(0.2))])
-    decoder = nn.ModuleList(module(
-        norm1=nn.LayerNorm(dim, eps=1e-8),
-        attn=module(qkv=nn.Linear(dim, 3 * dim, bias=True), attn_drop=nn.Dropout(0.0),
-                    proj=nn.Linear(dim, dim), proj_drop=nn.Dropout(0.0)),
-        drop_path=nn.Identity(),
-        norm2=nn.LayerNorm(dim, eps=1e-8),
-        mlp=module(fc1=nn.Linear(dim, 4 * dim), act=nn.GELU(), fc2=nn.Linear(4 * dim, dim),
-                   drop=nn.Dropout(0.0)),
-    ) for _ in range(8))
+    decoder = nn.ModuleList(vit_block(dim, eps=1e-8) for _ in range(8))
     model = module(encoder=encoder, bottleneck=bottleneck, decoder=decoder).to(device)
     for m in nn.ModuleList([bottleneck, decoder]).modules():
         if isinstance(m, nn.Linear):

@@ -1,7 +1,8 @@
 """Multi-head softmax self-attention of the DINOv2 encoder."""
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from ..heads import merge_heads, softmax_attention, split_heads
 
 
 class Attention(nn.Module):
@@ -16,20 +17,13 @@ class Attention(nn.Module):
                  fused: bool = True) -> None:
         super().__init__()
         self.num_heads = num_heads
-        self.scale = (dim // num_heads) ** -0.5
         self.fused = fused
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, N, C = x.shape
-        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, C // self.num_heads)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 × (B, heads, N, head_dim)
-        if self.fused:
-            x = F.scaled_dot_product_attention(q, k, v)
-        else:
-            attn = (q * self.scale) @ k.transpose(-2, -1)
-            x = attn.softmax(dim=-1) @ v
-        x = x.transpose(1, 2).reshape(B, N, C)  # B, heads, N, hd -> B, N, C
+        q, k, v = split_heads(self.qkv(x), self.num_heads)  # 3 × (B, heads, N, head_dim)
+        x = softmax_attention(q, k, v, self.fused)
+        x = merge_heads(x)  # B, heads, N, hd -> B, N, C
         x = self.proj(x)
         return x

@@ -3,6 +3,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..heads import merge_heads, softmax_attention, split_heads
 from .rope import apply_rope
 
 
@@ -37,24 +38,17 @@ class SelfAttention(nn.Module):
     def __init__(self, dim: int, num_heads: int, fused: bool = True) -> None:
         super().__init__()
         self.num_heads = num_heads
-        self.scale = (dim // num_heads) ** -0.5
         self.fused = fused
         self.qkv = LinearKMaskedBias(dim, dim * 3)
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        B, N, C = x.shape
         sin, cos = rope
-        prefix = N - sin.shape[0]  # cls + storage tokens: no position, no rotation
-        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, C // self.num_heads)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 × (B, heads, N, head_dim)
+        prefix = x.shape[1] - sin.shape[0]  # cls + storage tokens: no position, no rotation
+        q, k, v = split_heads(self.qkv(x), self.num_heads)  # 3 × (B, heads, N, head_dim)
         q = torch.cat((q[:, :, :prefix], apply_rope(q[:, :, prefix:], sin, cos)), dim=2)
         k = torch.cat((k[:, :, :prefix], apply_rope(k[:, :, prefix:], sin, cos)), dim=2)
-        if self.fused:
-            x = F.scaled_dot_product_attention(q, k, v)
-        else:
-            attn = (q * self.scale) @ k.transpose(-2, -1)
-            x = attn.softmax(dim=-1) @ v
-        x = x.transpose(1, 2).reshape(B, N, C)  # B, heads, N, hd -> B, N, C
+        x = softmax_attention(q, k, v, self.fused)
+        x = merge_heads(x)  # B, heads, N, hd -> B, N, C
         x = self.proj(x)
         return x

@@ -10,6 +10,7 @@ norm or the mask token. Facts in shared/DINOV3.md; no code taken from Meta's rel
 import torch
 from torch import nn
 
+from ..init import trunc_normal_
 from .block import Block
 from .patch_embed import PatchEmbed
 from .rope import RopePositionEmbedding
@@ -49,7 +50,7 @@ class DinoVisionTransformer(nn.Module):
         nn.init.normal_(self.storage_tokens, std=0.02)
         for m in self.modules():
             if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
+                trunc_normal_(m.weight, std=0.02)  # the project's one truncated normal
                 nn.init.zeros_(m.bias)
 
     def train(self, mode: bool = True) -> "DinoVisionTransformer":
