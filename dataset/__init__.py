@@ -15,7 +15,7 @@ Every bad input raises ``DatasetError`` with one message that names the path and
 says what to do.
 """
 from .checks import check_mask_sizes, image_paths
-from .classes import MVTEC_CLASSES, REALIAD_CLASSES, VISA_CLASSES
+from .classes import MPDD_CLASSES, MVTEC_CLASSES, REALIAD_CLASSES, VISA_CLASSES
 from .errors import DatasetError
 from .folders import IMAGE_EXTENSIONS, discover_classes
 from .images import READABLE_MODES, check_images, load_mask, load_rgb
@@ -24,7 +24,7 @@ from .realiad import RealIADDataset
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, get_data_transforms, split_resize
 
 __all__ = [
-    "DatasetError", "MVTEC_CLASSES", "VISA_CLASSES", "REALIAD_CLASSES",
+    "DatasetError", "MVTEC_CLASSES", "VISA_CLASSES", "REALIAD_CLASSES", "MPDD_CLASSES",
     "get_data_transforms", "split_resize", "MVTecDataset", "RealIADDataset",
     "mvtec_train_set", "discover_classes", "check_images", "check_mask_sizes", "image_paths",
     "load_rgb", "load_mask", "IMAGE_EXTENSIONS", "READABLE_MODES", "IMAGENET_MEAN", "IMAGENET_STD",

@@ -10,3 +10,6 @@ REALIAD_CLASSES = ["audiojack", "bottle_cap", "button_battery", "end_cap", "eras
                    "porcelain_doll", "regulator", "rolled_strip_base", "sim_card_set", "switch",
                    "tape", "terminalblock", "toothbrush", "toy", "toy_brick", "transistor1", "usb",
                    "usb_adaptor", "u_block", "vcpill", "wooden_beads", "woodstick", "zipper"]
+# MPDD (Jezek et al. 2021, metal parts; the MVTec AD layout): the reference's MPDD script
+MPDD_CLASSES = ["bracket_black", "bracket_brown", "bracket_white", "connector", "metal_plate",
+                "tubes"]

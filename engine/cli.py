@@ -16,7 +16,7 @@ from typing import NoReturn
 import dataset
 import models
 from engine import checks, distributed, training_state
-from engine.config import AMP_DTYPES, DEMO, Config, default_device
+from engine.config import AMP_DTYPES, DEMO, Config, default_device, encoder_settings
 from engine.data import discover_classes
 from engine.run import run
 
@@ -43,14 +43,18 @@ def parse_args(defaults: Config, argv: Sequence[str] | None = None) -> Config:
     add("--save_dir", d.save_dir, "results go to <save_dir>/<save_name>/")
     add("--save_name", None, f"results folder name (default: {d.save_name}; "
                              f"{d.save_name}_eval with --eval_only)")
-    add("--encoder", d.encoder, "DINOv2 encoder", choices=models.ENCODER_NAMES, metavar="NAME")
+    add("--encoder", d.encoder, "DINOv2 (patch 14) or DINOv3 (patch 16) encoder; a DINOv3 "
+        "encoder brings the DINOv3 fork's settings (resize 512, crop 448, no AMSGrad, batch 12 "
+        "for ViT-L) unless those flags are given", choices=models.ENCODER_NAMES, metavar="NAME")
     add("--encoder_weights", d.encoder_weights,
-        "'official' (downloaded once), 'random', or a path to a .pth")
+        "'official' (DINOv2: downloaded once; DINOv3: from the cache, see README), 'random', "
+        "or a path to a .pth in the official format (DINOv3: also a timm-format file)")
     add("--total_iters", d.total_iters, "training iterations (per class when class-separated)",
         type=int)
     add("--batch_size", d.batch_size, "training (and evaluation) batch size", type=int)
     add("--image_size", d.image_size, "images are resized to this side", type=int)
-    add("--crop_size", d.crop_size, "then centre-cropped to this side (a multiple of 14)",
+    add("--crop_size", d.crop_size, "then centre-cropped to this side (a multiple of the "
+                                    "encoder's patch, 14 or 16)",
         type=int)
     add("--eval_every", d.eval_every, "evaluate and save every N iterations, and after the last",
         type=int)
@@ -117,6 +121,7 @@ def parse_args(defaults: Config, argv: Sequence[str] | None = None) -> Config:
                           "(loudly marked: its numbers are not Dinomaly's)",
         action="store_true")
     a = p.parse_args(argv)
+    a, encoder_changed = take_encoder_settings(p, a, d, argv)
 
     if a.eval_only and not a.checkpoint:
         p.error("--eval_only needs --checkpoint")
@@ -135,6 +140,13 @@ def parse_args(defaults: Config, argv: Sequence[str] | None = None) -> Config:
         device = checks.check_device(a.device) if a.device else default_device()
     except checks.CheckError as err:
         p.error(str(err))
+    try:  # a script may name any encoder: checked now
+        patch = models.vit_encoder.patch_size(a.encoder)
+    except models.EncoderError as err:
+        p.error(str(err))
+    if a.crop_size % patch:
+        p.error(f"--crop_size {a.crop_size}: must be a positive multiple of the {patch}-pixel "
+                f"patch of {a.encoder} (e.g. {28 * patch} = 28 x {patch})")
     if a.crop_size > a.image_size:
         p.error("--crop_size cannot exceed --image_size")
     if a.classes is None:
@@ -164,7 +176,24 @@ def parse_args(defaults: Config, argv: Sequence[str] | None = None) -> Config:
         compile=a.compile, fused_attn=not a.explicit_attn, save_maps=a.save_maps,
         resume=a.resume, checkpoint_every=a.checkpoint_every, spike_factor=a.spike_factor,
         spike_restart=a.spike_restart, max_restarts=a.max_restarts,
-        skip_image_check=a.skip_image_check)
+        skip_image_check=a.skip_image_check, amsgrad=a.amsgrad, encoder_changed=encoder_changed)
+
+
+def take_encoder_settings(p: argparse.ArgumentParser, a: argparse.Namespace, d: Config,
+                          argv: Sequence[str] | None) -> tuple[argparse.Namespace, tuple[str, ...]]:
+    """The settings of `--encoder` (`config.encoder_settings`: the DINOv3 fork's) over the
+    script's, except those given on the command line. Returns the parsed flags with them
+    (and `amsgrad`, which has no flag) and what changed, e.g. `('crop_size 392 -> 448',)`."""
+    unset = object()  # parse again, every flag pre-set to `unset`: those still unset were not given
+    marked = p.parse_args(argv, namespace=argparse.Namespace(**{k: unset for k in vars(a)}))
+    given = {name for name, value in vars(marked).items() if value is not unset}
+    a.amsgrad = d.amsgrad
+    changed = []
+    for name, value in encoder_settings(a.encoder).items():
+        if name not in given and getattr(a, name) != value:
+            changed.append(f"{name} {getattr(a, name)} -> {value}")
+            setattr(a, name, value)
+    return a, tuple(changed)
 
 
 class ArgumentParser(argparse.ArgumentParser):

@@ -13,11 +13,30 @@ import torch
 import dataset
 from engine import demo_data
 
-DATASETS = ("mvtec", "visa", "realiad")
+DATASETS = ("mvtec", "visa", "realiad", "mpdd")
 MVTEC_CLASSES = tuple(dataset.MVTEC_CLASSES)  # (Config's field `dataset` hides the module there)
 ALL_CLASSES = {"mvtec": MVTEC_CLASSES, "visa": tuple(dataset.VISA_CLASSES),
-               "realiad": tuple(dataset.REALIAD_CLASSES)}
+               "realiad": tuple(dataset.REALIAD_CLASSES), "mpdd": tuple(dataset.MPDD_CLASSES)}
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # --amp
+
+
+# The DINOv3 fork's settings (shared/DINOV3.md): a script run with a DINOv3 encoder takes
+# them over its own DINOv2 ones, except those given on the command line (engine.cli).
+DINOV3_SETTINGS = {
+    "image_size": 512,  # resize side
+    "crop_size": 448,   # 28 × 28 patches of 16 px, as 392 = 28 × 14 for DINOv2
+    "amsgrad": False,   # StableAdamW without AMSGrad
+}
+DINOV3_LARGE_BATCH = 12  # the fork's batch for ViT-L/16 (memory)
+
+
+def encoder_settings(encoder: str) -> dict[str, object]:
+    """The settings `encoder` brings with it: {} for DINOv2 (the reference's settings)."""
+    if not encoder.startswith("dinov3_"):
+        return {}
+    if encoder == "dinov3_vitl16":
+        return {**DINOV3_SETTINGS, "batch_size": DINOV3_LARGE_BATCH}
+    return dict(DINOV3_SETTINGS)
 
 
 @dataclass(frozen=True)
@@ -26,7 +45,7 @@ class Config:
     the scripts set their own values explicitly."""
 
     # data
-    dataset: str = "mvtec"  # 'mvtec' and 'visa' (MVTec layout) or 'realiad'
+    dataset: str = "mvtec"  # 'mvtec', 'visa' and 'mpdd' (MVTec layout) or 'realiad'
     data_path: str = "../mvtec_anomaly_detection"
     classes: tuple[str, ...] = MVTEC_CLASSES
     image_size: int = 448  # resize side
@@ -35,6 +54,8 @@ class Config:
     # model
     encoder: str = "dinov2reg_vit_base_14"
     encoder_weights: str = "official"  # 'official', 'random' or a .pth path
+    # settings the encoder set over the script's (`encoder_settings`), e.g. 'crop_size 392 -> 448'
+    encoder_changed: tuple[str, ...] = ()
     dropout: float = 0.2  # noisy bottleneck
     # optimisation
     separate: bool = False  # True: one model per class ("sep"); False: one for all ("uni")
@@ -46,6 +67,7 @@ class Config:
     weight_decay: float = 1e-4
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-10
+    amsgrad: bool = True  # StableAdamW's AMSGrad (the reference's; the DINOv3 fork: off)
     clip_grad: float = 0.1
     hm_p_max: float = 0.9  # hard-mining: share of easy points whose gradient is damped ...
     hm_ramp_iters: int = 1000  # ... reached linearly over this many iterations

@@ -95,8 +95,8 @@ def fetch_encoder_weights(cfg: Config) -> tuple[Config, str | None]:
     if cfg.encoder_weights != "official":
         if not Path(cfg.encoder_weights).is_file():
             raise models.EncoderError(f"--encoder_weights {cfg.encoder_weights}: no such file; "
-                                      "pass a .pth in the official DINOv2 format, 'official' or "
-                                      "'random'")
+                                      "pass a .pth in the official format (DINOv3: or a "
+                                      "timm-format file), 'official' or 'random'")
         # its first bytes now (an image passed by mistake stops here); it is read in full
         # when the model is built, and a failure there removes the new run folder again
         models.vit_encoder.check_file(cfg.encoder_weights, "encoder weights file")

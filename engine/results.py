@@ -20,11 +20,12 @@ import dataclasses
 import io
 import math
 from collections.abc import Callable, Mapping, Sequence
+from typing import NamedTuple
 from pathlib import Path
 
 import numpy as np
 
-from engine.config import ALL_CLASSES, Config
+from engine.config import ALL_CLASSES, Config, encoder_settings
 from engine.fileio import atomic_write
 
 METRIC_NAMES = ("I-AUROC", "I-AP", "I-F1", "P-AUROC", "P-AP", "P-F1", "P-AUPRO")
@@ -39,7 +40,7 @@ PAPER_MEANS: dict[str, tuple[float, ...]] = {
     "visa": (98.7, 98.9, 96.2, 98.7, 53.2, 55.7, 94.5),
     "realiad": (89.3, 86.8, 80.2, 98.8, 42.8, 47.1, 93.9),
 }
-DATASET_TITLES = {"mvtec": "MVTec AD", "visa": "VisA", "realiad": "Real-IAD"}
+DATASET_TITLES = {"mvtec": "MVTec AD", "visa": "VisA", "realiad": "Real-IAD", "mpdd": "MPDD"}
 # The setting behind PAPER_MEANS, as Config field -> value (image sizes: the scripts' defaults)
 PAPER_SETTING: dict[str, object] = {
     "encoder": "dinov2reg_vit_base_14",
@@ -49,6 +50,25 @@ PAPER_SETTING: dict[str, object] = {
     "image_size": 448,
     "crop_size": 392,
 }
+
+
+# The DINOv3 fork's MVTec AD multi-class means (shared/DINOV3.md; 10k iterations, 512 ->
+# 448 px, StableAdamW without AMSGrad, batch 16, 12 for ViT-L), shown instead of the paper's
+# for a run with that encoder on MVTec AD, multi-class
+DINOV3_FORK_MEANS: dict[str, tuple[float, ...]] = {
+    "dinov3_vitb16": (99.51, 99.77, 98.96, 98.52, 73.38, 70.76, 94.91),
+    "dinov3_vitl16": (99.62, 99.85, 99.18, 98.74, 73.70, 71.52, 95.55),
+}
+PAPER_NOTE = "The paper's row: Dinomaly, multi-class, ViT-B, 10 000 iterations (spec §6)."
+
+
+class Reference(NamedTuple):
+    """Published means shown beside a run's: the table row's label, the numbers (percent,
+    as published), whose they are, and the settings in which the run differs from theirs."""
+    label: str
+    means: tuple[float, ...]
+    note: str
+    differences: list[str]
 
 
 UNDEFINED_HINT = ("nan = not defined for that class: the image metrics need normal and "
@@ -86,14 +106,16 @@ def paper_means(dataset: str, separate: bool) -> tuple[float, ...] | None:
     return None if separate else PAPER_MEANS.get(dataset)
 
 
-def paper_differences(config: Mapping[str, object], all_classes: Sequence[str]) -> list[str]:
-    """Settings of `config` that differ from the paper's (`name: ours (paper: theirs)`),
-    including a subset of the dataset's classes."""
-    out = [f"{name}: {config.get(name)!r} (paper: {value!r})"
-           for name, value in PAPER_SETTING.items() if config.get(name) != value]
+def paper_differences(config: Mapping[str, object], all_classes: Sequence[str],
+                      setting: Mapping[str, object] = PAPER_SETTING,
+                      whose: str = "paper") -> list[str]:
+    """Settings of `config` that differ from the paper's (or another published `setting`):
+    `name: ours (paper: theirs)`, including a subset of the dataset's classes."""
+    out = [f"{name}: {config.get(name)!r} ({whose}: {value!r})"
+           for name, value in setting.items() if config.get(name) != value]
     classes = list(config.get("classes", ()))
     if sorted(classes) != sorted(all_classes):
-        out.append(f"classes: {len(classes)} (paper: all {len(all_classes)})")
+        out.append(f"classes: {len(classes)} ({whose}: all {len(all_classes)})")
     return out
 
 
@@ -104,11 +126,13 @@ def _row(cells: Sequence[str]) -> str:
 def results_markdown(results: Mapping[str, Sequence[float]], title: str,
                      iteration: int | None = None,
                      paper: Sequence[float] | None = None,
-                     differences: Sequence[str] = (), note: str = "") -> str:
+                     differences: Sequence[str] = (), note: str = "",
+                     paper_label: str = "paper (mean)", paper_note: str = PAPER_NOTE) -> str:
     """A Markdown page: heading, one table (rows = `results` in order, values in [0, 1]
     shown as percent with 2 decimals, `nan` where a metric is not defined; a `Mean` entry
     is set in bold), the `note` of the mean (see `mean_result`), then, if `paper` is
-    given, the paper's row (percent, as published) and the settings in `differences`.
+    given, the published row (`paper_label`; percent, as published), `paper_note` (whose
+    numbers) and the settings in `differences`.
     """
     where = "" if iteration is None else f" (iteration {iteration})"
     lines = [f"# {title}", "", f"Latest evaluation{where}, percent.", "",
@@ -120,12 +144,11 @@ def results_markdown(results: Mapping[str, Sequence[float]], title: str,
         else:
             lines.append(_row([name, *cells]))
     if paper is not None:
-        lines.append(_row(["paper (mean)", *(f"{v:.1f}" for v in paper)]))
+        lines.append(_row([paper_label, *(repr(float(v)) for v in paper)]))  # as published
     if note or any(math.isnan(float(v)) for values in results.values() for v in values):
         lines += ["", (f"{note}. " if note else "") + UNDEFINED_HINT + "."]
     if paper is not None:
-        lines += ["", "The paper's row: Dinomaly, multi-class, ViT-B, 10 000 iterations "
-                      "(spec §6)."]
+        lines += ["", paper_note]
         if differences:
             lines += ["This run differs from that setting, so the numbers are not comparable "
                       "one to one:", ""]
@@ -208,14 +231,31 @@ def report_mean(results: dict[str, list[float]], iteration: int | None, log: Cal
     table.add(iteration, "Mean", means)
 
 
-def results_page(cfg: Config) -> Page:
-    """results.md's page for `cfg`: with the paper's means for the multi-class scripts."""
-    paper = paper_means(cfg.dataset, cfg.separate)
+def reference(cfg: Config) -> Reference | None:
+    """The published means to show beside `cfg`'s: the DINOv3 fork's for its ViT-B/L on
+    MVTec AD multi-class, else the paper's for the three multi-class settings, else None;
+    with the settings in which `cfg` differs from theirs."""
     settings = dataclasses.asdict(cfg)
     if cfg.eval_only:  # the checkpoint's own training is not known here
         settings["total_iters"] = PAPER_SETTING["total_iters"]
-    differences = (paper_differences(settings, ALL_CLASSES[cfg.dataset])
-                   if paper else [])
+    classes = ALL_CLASSES[cfg.dataset]
+    if cfg.encoder in DINOV3_FORK_MEANS and cfg.dataset == "mvtec" and not cfg.separate:
+        fork = {**PAPER_SETTING, "encoder": cfg.encoder,
+                **{k: v for k, v in encoder_settings(cfg.encoder).items() if k in PAPER_SETTING}}
+        note = (f"The DINOv3 fork's row: Dinomaly with {cfg.encoder}, MVTec AD, multi-class, "
+                f"10 000 iterations, {fork['image_size']} -> {fork['crop_size']} px "
+                "(shared/DINOV3.md).")
+        return Reference("DINOv3 fork (mean)", DINOV3_FORK_MEANS[cfg.encoder], note,
+                         paper_differences(settings, classes, fork, whose="fork"))
+    paper = paper_means(cfg.dataset, cfg.separate)
+    if paper is None:
+        return None
+    return Reference("paper (mean)", paper, PAPER_NOTE, paper_differences(settings, classes))
+
+
+def results_page(cfg: Config) -> Page:
+    """results.md's page for `cfg`: with the published means beside (`reference`)."""
+    ref = reference(cfg)
     title = (f"{cfg.save_name}: Dinomaly, {DATASET_TITLES[cfg.dataset]}, "
              f"{'class-separated' if cfg.separate else 'multi-class'}")
     if cfg.eval_only:
@@ -224,6 +264,8 @@ def results_page(cfg: Config) -> Page:
     def page(results: dict[str, list[float]], iteration: int | None) -> str:
         classes = {name: values for name, values in results.items() if name != "Mean"}
         note = mean_result(classes)[1] if "Mean" in results else ""
-        return results_markdown(results, title, iteration, paper, differences,
-                                                note)
+        if ref is None:
+            return results_markdown(results, title, iteration, note=note)
+        return results_markdown(results, title, iteration, ref.means, ref.differences, note,
+                                ref.label, ref.note)
     return page

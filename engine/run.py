@@ -139,6 +139,9 @@ def run_in_folder(cfg: Config, argv: Sequence[str], run_dir: Path, log: RunLog,
         f"{speed_options(cfg, distributed.world_size())}, results in {run_dir}")
     if cfg.resume:
         log(f"--resume: {' '.join([sys.argv[0], *argv])}")
+    if cfg.encoder_changed:
+        log(f"note: {cfg.encoder} brings the DINOv3 fork's settings: "
+            f"{', '.join(cfg.encoder_changed)} (a flag given on the command line keeps its value)")
     for note in notes:
         log(f"note: {note}")
     banner = demo_banner(cfg, random_reason)
@@ -239,10 +242,11 @@ def demo_banner(cfg: Config, random_reason: str | None) -> list[str]:
     cached = models.vit_encoder.cached_path(cfg.encoder)
     return [rule,
             "!! DEMO WITH A RANDOM ENCODER: these numbers are NOT Dinomaly's. Without the",
-            "!! pretrained DINOv2 features nothing is detected; the run only shows that every",
+            "!! pretrained DINO features nothing is detected; the run only shows that every",
             "!! step works, end to end.",
             f"!! Why: {random_reason}",
-            f"!! For the real demo, download {models.vit_encoder.checkpoint_url(cfg.encoder)}",
+            f"!! For the real demo, {'request and ' if cfg.encoder.startswith('dinov3_') else ''}"
+            f"download {models.vit_encoder.checkpoint_url(cfg.encoder)}",
             f"!! to {cached} and run the demo again.",
             rule]
 

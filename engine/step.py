@@ -66,7 +66,7 @@ def setup_training(cfg: Config, device: torch.device) -> Training:
         torch.manual_seed(cfg.seed + rank)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = utils.StableAdamW([{"params": trainable}], lr=cfg.lr, betas=cfg.betas,
-                                  weight_decay=cfg.weight_decay, amsgrad=True, eps=cfg.eps)
+                                  weight_decay=cfg.weight_decay, amsgrad=cfg.amsgrad, eps=cfg.eps)
     # sets the lr of iteration 0 now, and of iteration i+1 at each step()
     scheduler = utils.WarmCosineScheduler(optimizer, base_value=cfg.lr, final_value=cfg.final_lr,
                                           total_iters=cfg.total_iters,

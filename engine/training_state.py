@@ -70,6 +70,7 @@ RESUME_FREE = frozenset({
     "spike_restart",
     "max_restarts",
     "demo",
+    "encoder_changed",   # a record of which settings the encoder set (they are compared)
     "cache_images",      # speed (issue 5): the same tensors, the same order of random draws
     "compile",
 })

@@ -76,6 +76,12 @@ def parse_name(name: str) -> tuple[str, int]:
     return size, 4 if family == "dinov2reg" else 0
 
 
+def patch_size(name: str) -> int:
+    """The side of the encoder's square patches in pixels: 14 (DINOv2) or 16 (DINOv3)."""
+    parse_name(name)  # a known name
+    return 16 if name in DINOV3_ARCHS else 14
+
+
 def checkpoint_url(name: str) -> str:
     """Official checkpoint URL, e.g. `.../dinov2_vitb14/dinov2_vitb14_reg4_pretrain.pth`
     (for DINOv3 the gated one, `.../dinov3/dinov3_vitb16/dinov3_vitb16_pretrain_…pth`)."""

@@ -181,7 +181,8 @@ def test_realiad_uni(data, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("script,kind,eps", [("dinomaly_mvtec_sep.py", "mvtec", 1e-8),
                                              ("dinomaly_visa_sep.py", "mvtec", 1e-8),
-                                             ("dinomaly_realiad_sep.py", "realiad", 1e-10)])
+                                             ("dinomaly_realiad_sep.py", "realiad", 1e-10),
+                                             ("dinomaly_mpdd_sep.py", "mvtec", 1e-8)])
 def test_sep(data, tmp_path, script, kind, eps):
     classes = MVTEC if kind == "mvtec" else REALIAD
     args = ["--data_path", str(data[kind]), "--save_dir", str(tmp_path),
@@ -348,7 +349,8 @@ def test_result_line_format():
 
 
 def test_script_configs_follow_the_spec():
-    """Spec §4 settings of the six scripts, read from their configuration blocks."""
+    """Spec §4 settings of the six scripts (and the two MPDD ones, the MVTec settings), read
+    from their configuration blocks."""
     import importlib
     expected = {  # total_iters, eval_every, dropout, eps, separate, cudnn_benchmark, classes
         "dinomaly_mvtec_uni": (10_000, 5_000, 0.2, 1e-10, False, False, dataset.MVTEC_CLASSES),
@@ -357,6 +359,8 @@ def test_script_configs_follow_the_spec():
         "dinomaly_mvtec_sep": (5_000, 5_000, 0.2, 1e-8, True, False, dataset.MVTEC_CLASSES),
         "dinomaly_visa_sep": (5_000, 5_000, 0.2, 1e-8, True, False, dataset.VISA_CLASSES),
         "dinomaly_realiad_sep": (5_000, 5_000, 0.2, 1e-10, True, False, dataset.REALIAD_CLASSES),
+        "dinomaly_mpdd_uni": (10_000, 5_000, 0.2, 1e-10, False, False, dataset.MPDD_CLASSES),
+        "dinomaly_mpdd_sep": (5_000, 5_000, 0.2, 1e-8, True, False, dataset.MPDD_CLASSES),
     }
     for name, (iters, every, drop, eps, sep, bench, classes) in expected.items():
         c = importlib.import_module(name).config
