@@ -1,7 +1,8 @@
-"""Training utilities of Dinomaly (losses, optimizer, schedule, seeding) and, re-exported
-under the reference's names, the evaluation API (anomaly maps, metrics, evaluation).
+"""Training utilities of Dinomaly (losses, schedule, seeding) and, re-exported under the
+reference's names, the optimizer (`StableAdamW`, from `engine.stable_adamw`, where its
+flat-buffer step lives) and the evaluation API (anomaly maps, metrics, evaluation, from
+`engine.evaluation` and `engine.metrics`).
 """
-import math
 import random
 from functools import partial
 
@@ -14,6 +15,7 @@ from torch.optim.lr_scheduler import LRScheduler
 
 from engine.evaluation import cal_anomaly_maps, evaluation_batch, get_gaussian_kernel  # noqa: F401
 from engine.metrics import compute_pro, f1_score_max  # noqa: F401
+from engine.stable_adamw import StableAdamW  # noqa: F401
 
 
 def setup_seed(seed: int, cudnn_benchmark: bool = False) -> None:
@@ -40,11 +42,10 @@ def global_cosine(a: list[torch.Tensor], b: list[torch.Tensor], stop_grad: bool 
 
 
 def modify_grad(grad: torch.Tensor, inds: torch.Tensor, factor: float = 0.0) -> torch.Tensor:
-    """Gradient hook: scale the gradient at the locations `inds` (`B × 1 × H × W`) by `factor`."""
-    inds = inds.expand_as(grad)
-    grad = grad.clone()
-    grad[inds] *= factor
-    return grad
+    """Gradient hook: scale the gradient at the locations `inds` (`B × 1 × H × W`, broadcast
+    over channels) by `factor`. The reference's `grad[inds] *= factor` computes the same values;
+    its boolean indexing (`nonzero`) waits for the GPU twice per hook, `where` never does."""
+    return torch.where(inds, grad * factor, grad)
 
 
 def point_distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -96,75 +97,6 @@ def global_cosine_hm_percent(a: list[torch.Tensor], b: list[torch.Tensor], p: fl
         if b_.requires_grad:
             b_.register_hook(partial(modify_grad, inds=point_dist < thresh, factor=factor))
     return loss / len(a)
-
-
-# ------------------------------------------------------------------------------- optimizer
-
-class StableAdamW(Optimizer):
-    """AdamW with AMSGrad and update clipping (Wortsman et al. 2023, "Stable and low-precision
-    training for large-scale vision-language models", Alg. 2), as in the reference:
-
-    `w *= 1 - lr·wd`; `denom = sqrt(v̂_max) / sqrt(1 - β2^t) + eps`;
-    `step = lr / (1 - β1^t) / max(1, rms(g / denom) / clip_threshold)`; `w -= step · m / denom`.
-    The learning rate is read from each param group at every step.
-    """
-
-    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8, weight_decay: float = 1e-2, amsgrad: bool = False,
-                 clip_threshold: float = 1.0) -> None:
-        if lr < 0 or eps < 0 or not (0 <= betas[0] < 1 and 0 <= betas[1] < 1):
-            raise ValueError(f"invalid StableAdamW settings: lr={lr}, eps={eps}, betas={betas}")
-        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad)
-        super().__init__(params, defaults)
-        self.clip_threshold = clip_threshold
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
-            # pass 1: moments and rms(g / denom) of every parameter, fetched from the device
-            # in one transfer (one sync per step instead of one per parameter)
-            rms = [self._update_moments(p, group) for p in params]
-            rms = torch.stack(rms).tolist() if rms else []
-            # pass 2: the clipped update (denom recomputed: the same values, no extra memory)
-            for p, r in zip(params, rms):
-                state = self.state[p]
-                p.mul_(1 - group["lr"] * group["weight_decay"])  # decoupled weight decay
-                step_size = (group["lr"] / (1 - group["betas"][0] ** state["step"])
-                             / max(1.0, r / self.clip_threshold))
-                p.addcdiv_(state["exp_avg"], self._denom(state, group), value=-step_size)
-        return loss
-
-    def _update_moments(self, p: torch.Tensor, group: dict) -> torch.Tensor:
-        """Advance the step count and moments of `p`; returns `rms(grad / denom)` (0-dim)."""
-        grad = p.grad
-        if grad.is_sparse:
-            raise RuntimeError("StableAdamW does not support sparse gradients")
-        beta1, beta2 = group["betas"]
-        state = self.state[p]
-        if len(state) == 0:
-            state["step"] = 0
-            state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            if group["amsgrad"]:
-                state["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-        state["step"] += 1
-        state["exp_avg"].mul_(beta1).add_(grad, alpha=1 - beta1)
-        state["exp_avg_sq"].mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-        if group["amsgrad"]:
-            torch.maximum(state["max_exp_avg_sq"], state["exp_avg_sq"], out=state["max_exp_avg_sq"])
-        return grad.div(self._denom(state, group)).pow(2).mean().sqrt()
-
-    @staticmethod
-    def _denom(state: dict, group: dict) -> torch.Tensor:
-        """`sqrt(v) / sqrt(1 - β2^t) + eps`, v the (max, with AMSGrad) second moment."""
-        second = state["max_exp_avg_sq"] if group["amsgrad"] else state["exp_avg_sq"]
-        bias_correction2 = 1 - group["betas"][1] ** state["step"]
-        return (second.sqrt() / math.sqrt(bias_correction2)).add_(group["eps"])
 
 
 # -------------------------------------------------------------------------------- schedule

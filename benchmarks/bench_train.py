@@ -8,25 +8,30 @@ option, as ratios to the first configuration measured in the same run.
         --configs faithful,sdpa,bf16,bf16+compile,faithful+cache,bf16+cache,bf16+cache+compile
 
 A configuration is `faithful`, `sdpa` or a `+`-joined list of options over SDPA attention
-(the trainer's default): `bf16`, `fp16` (--amp), `cache` (--cache_images), `compile`
-(--compile), `explicit` (the reference's attention; `faithful` = `explicit` alone).
+(the trainer's default): `bf16`, `fp16` (--amp), `tf32` (--tf32), `cache` (--cache_images),
+`compile` (--compile), `explicit` (the reference's attention; `faithful` = `explicit` alone).
 The steps are the trainer's own (`setup_training`, `make_train_loader`,
 `train_step`) on synthetic MVTec-layout images (tests/synth.py, `--source_size` px PNGs,
 written to a temporary folder; no download), random-init encoder, the real lr schedule.
+Every configuration gets the trainer's loader (the same settings: `--num_workers`
+processes kept across epochs, pinned batches on CUDA), and all its `--warmup` + `--iters`
+steps come from one epoch (no epoch boundary inside the timing; checked first).
 Each configuration runs in its own subprocess (its own memory peak and time limit); one
-that fails or times out is reported as such and the others still run. `--repeats R` runs R
-rounds over the list and keeps each configuration's fastest (for shared machines).
-Reported: it/s over `--iters` steps after `--warmup` (which include compilation; torch's
-on-disk compile cache makes later rounds' shorter), peak GPU memory
+that fails, cannot compile or times out is reported as such and the others still run.
+`--repeats R` runs R rounds over the list and keeps each configuration's fastest (for
+shared machines). Reported: it/s over `--iters` steps after `--warmup` (which include
+compilation; torch's on-disk compile cache makes later runs' shorter), the time 10,000
+such iterations take (the paper's MVTec schedule), peak GPU memory
 (`max_memory_allocated`) or the main process's peak RSS, the image-cache build time, and
-with `--eval_images N` the evaluation throughput (`evaluate` on about N test images
-spread over the classes, the second of two passes, metrics included), timed once per
-attention / compile pair (amp and the training-image cache do not change it).
+with `--eval_images N` the evaluation throughput of the model: the anomaly maps
+(`evaluation.collect_maps`) of about N test images spread over the classes, decoded into
+memory beforehand (no PNG decoding, no loader start-up, no metrics), the second of two
+passes; timed once per attention / compile / tf32 combination (amp and the training-image
+cache do not change the evaluation).
 """
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import math
 import os
@@ -43,9 +48,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 import synth  # noqa: E402
 import torch  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
 
 import utils  # noqa: E402
-from engine import evaluator  # noqa: E402
+from engine import evaluation  # noqa: E402
 from engine.config import Config  # noqa: E402
 from engine.data import build_datasets, make_train_loader  # noqa: E402
 from engine.step import setup_training, train_step  # noqa: E402
@@ -56,6 +62,7 @@ OPTIONS = {  # configuration token -> Config fields
     "fp16": {"amp": "fp16"},
     "cache": {"cache_images": True},
     "compile": {"compile": True},
+    "tf32": {"tf32": True},
 }
 ALIASES = {"faithful": "explicit", "sdpa": ""}
 RESULT = "BENCH_RESULT "  # prefix of the one line a configuration's subprocess prints
@@ -90,6 +97,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="test images (over all classes) to time the evaluation on (0: skip)")
     p.add_argument("--source_size", type=int, default=1024, help="PNG side (MVTec: 1024)")
     p.add_argument("--config_timeout", type=int, default=600, help="seconds per configuration")
+    p.add_argument("--compile_timeout", type=int, default=0,
+                   help="seconds per configuration with compile (0: --config_timeout); a cold "
+                        "compile of ViT-B takes minutes")
     p.add_argument("--threads", type=int, default=0,
                    help="torch CPU threads (0: torch's default); 1 keeps a shared CPU from "
                         "stalling its threads")
@@ -128,8 +138,37 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+class Preloaded:
+    """Test batches decoded once into memory, iterated like their DataLoader (for timing the
+    model alone: `collect_maps` reads `.dataset` for the size and iterates the batches)."""
+
+    def __init__(self, loader: DataLoader) -> None:
+        self.batches = list(loader)
+        self.dataset = loader.dataset
+
+    def __iter__(self):
+        return iter(self.batches)
+
+
+def eval_rate(model: torch.nn.Module, test_sets: dict, cfg: Config, device: torch.device) -> float:
+    """Test images per second through the model and the anomaly maps (the evaluation's GPU
+    part), on batches decoded beforehand; the second of two passes (the first compiles)."""
+    preloaded = [Preloaded(DataLoader(s, batch_size=cfg.batch_size, num_workers=cfg.num_workers))
+                 for s in test_sets.values()]
+    kw = dict(max_ratio=cfg.max_ratio, resize_mask=cfg.eval_resolution)
+    for batches in preloaded:  # warm-up (and compilation of the eval variants)
+        evaluation.collect_maps(model, batches, device, **kw)
+    synchronize(device)
+    start = time.perf_counter()
+    for batches in preloaded:
+        evaluation.collect_maps(model, batches, device, **kw)
+    synchronize(device)
+    return sum(len(b.dataset) for b in preloaded) / (time.perf_counter() - start)
+
+
 def measure(name: str, args: argparse.Namespace, classes: list[str]) -> dict[str, object]:
-    """Train `args.warmup + args.iters` steps of configuration `name`; times and peaks."""
+    """Train `args.warmup + args.iters` steps of configuration `name`, all from one epoch;
+    times and peaks."""
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -143,9 +182,12 @@ def measure(name: str, args: argparse.Namespace, classes: list[str]) -> dict[str
     train_set, test_sets = build_datasets(cfg, classes, cache_images=cfg.cache_images)
     cache_s = time.perf_counter() - start
     loader = make_train_loader(cfg, train_set)
+    if len(loader) < args.warmup + args.iters:
+        raise SystemExit(f"{len(loader)} batches per epoch: fewer than the {args.warmup} + "
+                         f"{args.iters} steps to time; raise --train_per_class")
     t = setup_training(cfg, device)
     t.model.train()
-    batches = (img for _ in itertools.count() for img, _label in loader)  # epochs as training
+    batches = (img for img, _label in loader)  # one epoch: no worker restart in the timing
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
@@ -164,21 +206,18 @@ def measure(name: str, args: argparse.Namespace, classes: list[str]) -> dict[str
               "peak_gpu_gib": (torch.cuda.max_memory_allocated(device) / 2**30
                                if device.type == "cuda" else None)}
     if args.eval_images:  # every class, as the trainer evaluates
-        evaluator.evaluate(t.model, test_sets, cfg, device)  # warm-up (and recompilation)
-        start = time.perf_counter()
-        evaluator.evaluate(t.model, test_sets, cfg, device)
-        n = sum(len(s) for s in test_sets.values())
-        result["eval_img_s"] = n / (time.perf_counter() - start)
+        result["eval_img_s"] = eval_rate(t.model, test_sets, cfg, device)
     return result
 
 
 # ----------------------------------------------------------------------------- driver
 
-def eval_key(name: str) -> tuple[bool, bool]:
-    """What the evaluation's speed depends on: attention and compilation (not amp, not the
-    training-image cache): each such pair is timed once."""
+def eval_key(name: str) -> tuple[bool, bool, bool]:
+    """What the evaluation's speed depends on: attention, compilation and tf32 (not amp: the
+    evaluation runs without autocast; not the training-image cache): each combination is
+    timed once."""
     fields = config_fields(name)
-    return fields.get("fused_attn", True), fields.get("compile", False)
+    return fields.get("fused_attn", True), fields.get("compile", False), fields.get("tf32", False)
 
 
 def run_one(name: str, argv: list[str], data: Path, timeout: float, evaluate: bool) -> dict:
@@ -229,17 +268,17 @@ def table(rows: list[dict], args: argparse.Namespace) -> str:
 
     cuda = torch.device(args.device).type == "cuda"
     memory = "peak GPU memory (GiB)" if cuda else "peak RSS (GiB)"
-    lines = [f"| configuration | it/s | vs {rows[0]['config']} | warm-up (s) | {memory} "
-             f"| cache build (s) | eval img/s |", "|---|---|---|---|---|---|---|"]
+    lines = [f"| configuration | it/s | vs {rows[0]['config']} | 10k iters (min) | warm-up (s) "
+             f"| {memory} | cache build (s) | eval img/s |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['config']} | {r['error']} | | | | | |")
+            lines.append(f"| {r['config']} | {r['error']} | | | | | | |")
             continue
         mem = r["peak_gpu_gib"] if r["peak_gpu_gib"] is not None else r["peak_rss_gib"]
         ratio = r["it_s"] / base if base else None
         lines.append(f"| {r['config']} | {r['it_s']:.3g} | {num(ratio, '.2f')}x "
-                     f"| {r['warmup_s']:.1f} | {mem:.2f} | {num(r['cache_s'], '.1f')} "
-                     f"| {num(r.get('eval_img_s'), '.1f')} |")
+                     f"| {10_000 / r['it_s'] / 60:.1f} | {r['warmup_s']:.1f} | {mem:.2f} "
+                     f"| {num(r['cache_s'], '.1f')} | {num(r.get('eval_img_s'), '.1f')} |")
     return "\n".join(lines)
 
 
@@ -253,6 +292,12 @@ def main(argv: list[str] | None = None) -> None:
     names = args.configs.split(",")
     for name in names:
         config_fields(name)  # unknown options fail now, not after the data is written
+    per_epoch = args.classes * args.train_per_class // args.batch_size
+    if per_epoch < args.warmup + args.iters:
+        raise SystemExit(f"{args.classes} x {args.train_per_class} training images give "
+                         f"{per_epoch} batches of {args.batch_size} per epoch, fewer than the "
+                         f"{args.warmup} + {args.iters} steps timed within one epoch: raise "
+                         "--train_per_class or --classes")
     with tempfile.TemporaryDirectory(prefix="bench_train_") as tmp:
         start = time.perf_counter()
         make_data(Path(tmp), args)
@@ -268,7 +313,9 @@ def main(argv: list[str] | None = None) -> None:
                 continue
             evaluate = args.eval_images > 0 and eval_key(name) not in evaluated
             evaluated.add(eval_key(name))
-            row = run_one(name, argv, Path(tmp), min(args.config_timeout, left), evaluate)
+            limit = (args.compile_timeout or args.config_timeout
+                     if config_fields(name).get("compile") else args.config_timeout)
+            row = run_one(name, argv, Path(tmp), min(limit, left), evaluate)
             print(f"[bench_train] {json.dumps(row)}", file=sys.stderr, flush=True)
             if name in best and "error" not in best[name]:
                 if row.get("it_s", 0) > best[name]["it_s"]:  # keep the first round's eval

@@ -21,11 +21,12 @@ from .folders import IMAGE_EXTENSIONS, discover_classes
 from .images import READABLE_MODES, check_images, load_mask, load_rgb
 from .mvtec import MVTecDataset, mvtec_train_set
 from .realiad import RealIADDataset
+from .shared_cache import SharedCache
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, get_data_transforms, split_resize
 
 __all__ = [
     "DatasetError", "MVTEC_CLASSES", "VISA_CLASSES", "REALIAD_CLASSES", "MPDD_CLASSES",
-    "get_data_transforms", "split_resize", "MVTecDataset", "RealIADDataset",
+    "get_data_transforms", "split_resize", "SharedCache", "MVTecDataset", "RealIADDataset",
     "mvtec_train_set", "discover_classes", "check_images", "check_mask_sizes", "image_paths",
     "load_rgb", "load_mask", "IMAGE_EXTENSIONS", "READABLE_MODES", "IMAGENET_MEAN", "IMAGENET_STD",
 ]

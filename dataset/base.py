@@ -9,6 +9,7 @@ from torch.utils.data import Dataset
 from .cache import _ImageSource
 from .errors import DatasetError
 from .images import _header_size, _size_mismatch, load_mask
+from .shared_cache import SharedCache
 
 
 class _AnomalyDataset(Dataset):
@@ -30,8 +31,9 @@ class _AnomalyDataset(Dataset):
         self.types: list[str] = []
         self.notes: list[str] = []  # what the loader decided and the user should know
 
-    def read_images(self, cache_images: bool) -> None:
-        """Once the lists are filled: the images by index (``cache_images``: decoded now)."""
+    def read_images(self, cache_images: bool | SharedCache) -> None:
+        """Once the lists are filled: the images by index (``cache_images``: decoded now;
+        a ``SharedCache``: one copy per machine)."""
         self.images = _ImageSource(self.img_paths, self.transform, cache_images)
 
     def __len__(self) -> int:

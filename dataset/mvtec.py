@@ -15,6 +15,7 @@ from .errors import DatasetError
 from .folders import (IMAGE_EXTENSIONS, _files, _is_hidden, _is_image_name, _pair_masks,
                       _require_class_folder, _require_dir, _subfolders)
 from .images import load_rgb
+from .shared_cache import SharedCache
 
 
 class MVTecDataset(_AnomalyDataset):
@@ -33,7 +34,7 @@ class MVTecDataset(_AnomalyDataset):
     """
 
     def __init__(self, root: str | os.PathLike, transform: Callable, gt_transform: Callable,
-                 phase: str, cache_images: bool = False) -> None:
+                 phase: str, cache_images: bool | SharedCache = False) -> None:
         super().__init__(transform, gt_transform, phase)
         root = Path(root)
         _require_class_folder(root)
@@ -105,7 +106,7 @@ class _VisibleImageFolder(ImageFolder):
 
 
 def mvtec_train_set(root: str | os.PathLike, classes: Sequence[str], transform: Callable,
-                    cache_images: bool = False) -> ConcatDataset:
+                    cache_images: bool | SharedCache = False) -> ConcatDataset:
     """The reference's multi-class training set: for class ``i``, ``ImageFolder(root/<class>/train)``
     with every sample relabelled ``i``, concatenated in class order. Items ``(img, i)``.
 
@@ -115,7 +116,8 @@ def mvtec_train_set(root: str | os.PathLike, classes: Sequence[str], transform: 
     Args:
         cache_images: decode and ``Resize`` every image once, now (uint8 in RAM, about
             ``3 * size**2`` bytes per image), then apply only ToTensor -> CenterCrop -> Normalize
-            per sample; the tensors are exactly the uncached ones.
+            per sample; the tensors are exactly the uncached ones. A ``SharedCache``:
+            one copy per machine (torchrun).
     """
     root = Path(root)
     _require_dir(root, f"data root not found: {root} — pass --data_path pointing to the folder "
@@ -138,7 +140,8 @@ def mvtec_train_set(root: str | os.PathLike, classes: Sequence[str], transform: 
         folder.samples = [(path, i) for path, _ in folder.samples]
         folder.imgs = folder.samples
         folder.targets = [i] * len(folder.samples)
-        parts.append(_CachedImages(folder.samples, transform) if cache_images else folder)
+        parts.append(_CachedImages(folder.samples, transform, cache_images) if cache_images
+                     else folder)
     if not parts:
         raise DatasetError("no classes given to build the training set from")
     return ConcatDataset(parts)

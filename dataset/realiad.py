@@ -9,6 +9,7 @@ from typing import Callable
 from .base import _AnomalyDataset
 from .errors import DatasetError
 from .folders import _require_dir
+from .shared_cache import SharedCache
 
 
 def _realiad_record(rec: object, index: int, phase: str, json_path: Path) -> tuple[str, str | None, str]:
@@ -48,7 +49,8 @@ class RealIADDataset(_AnomalyDataset):
     """
 
     def __init__(self, root: str | os.PathLike, category: str, transform: Callable,
-                 gt_transform: Callable, phase: str, cache_images: bool = False) -> None:
+                 gt_transform: Callable, phase: str,
+                 cache_images: bool | SharedCache = False) -> None:
         super().__init__(transform, gt_transform, phase)
         root = Path(root)
         _require_dir(root, f"data root not found: {root} — pass --data_path pointing to the Real-IAD "

@@ -69,11 +69,16 @@ def parse_args(defaults: Config, argv: Sequence[str] | None = None) -> Config:
                         "'none' computes as the reference", choices=tuple(AMP_DTYPES))
     add("--cache_images", d.cache_images,
         "decode and resize every training image once and keep it in RAM as uint8 (the tensors "
-        "are exactly the uncached ones): 3 x image_size^2 bytes per image and per process, "
-        "0.6 MB at 448 px (MVTec AD 2.2 GB, VisA 5.2 GB); also keeps the loader workers "
-        "between epochs and pins batches for CUDA", action="store_true")
+        "are exactly the uncached ones): 3 x image_size^2 bytes per image, 0.6 MB at 448 px "
+        "(MVTec AD 2.2 GB, VisA 5.2 GB); one copy per machine under torchrun (shared "
+        "memory)", action="store_true")
     add("--compile", d.compile, "torch.compile every transformer block (the first iterations "
-                                "and the first evaluation take a minute or more longer)",
+                                "and the first evaluation take a minute or more longer; "
+                                "dropout draws the eager masks: rounding differs only)",
+        action="store_true")
+    add("--tf32", d.tf32, "CUDA: float32 matrix products on TF32 tensor cores (inputs "
+                          "rounded to 10-bit mantissas, fp32 sums): faster fp32 training and "
+                          "evaluation, not bit-identical to the reference's full fp32",
         action="store_true")
     add("--explicit_attn", not d.fused_attn, "encoder attention as the reference's explicit "
                                              "softmax(q k^T) v (slower, more memory; equal to "
@@ -173,7 +178,7 @@ def parse_args(defaults: Config, argv: Sequence[str] | None = None) -> Config:
         device=device, num_workers=a.num_workers, classes=classes, checkpoint=a.checkpoint,
         eval_only=a.eval_only, gt_threshold=a.gt_threshold, eval_resolution=a.eval_resolution,
         dropout=a.dropout, log_every=a.log_every, amp=a.amp, cache_images=a.cache_images,
-        compile=a.compile, fused_attn=not a.explicit_attn, save_maps=a.save_maps,
+        compile=a.compile, tf32=a.tf32, fused_attn=not a.explicit_attn, save_maps=a.save_maps,
         resume=a.resume, checkpoint_every=a.checkpoint_every, spike_factor=a.spike_factor,
         spike_restart=a.spike_restart, max_restarts=a.max_restarts,
         skip_image_check=a.skip_image_check, amsgrad=a.amsgrad, encoder_changed=encoder_changed)

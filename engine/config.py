@@ -80,6 +80,7 @@ class Config:
     amp: str = "none"  # 'bf16' / 'fp16': the forward under autocast; loss and optimizer fp32
     cache_images: bool = False  # training images decoded and resized once, kept in RAM (uint8)
     compile: bool = False  # torch.compile of every encoder, bottleneck and decoder block
+    tf32: bool = False  # CUDA fp32 matmuls on TF32 tensor cores (10-bit mantissa products)
     # evaluation and logging
     eval_every: int = 5_000  # also evaluated after the last iteration
     max_ratio: float = 0.01  # image score = mean of the top 1 % of the anomaly map

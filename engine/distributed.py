@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import datetime
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
@@ -22,8 +23,11 @@ from torch.utils.data import Sampler
 
 from engine.checks import CheckError
 
-# Rank 0 evaluates while the others wait at a barrier; evaluating a large test set (Real-IAD)
-# can take longer than NCCL's default 10-minute collective timeout.
+T = TypeVar("T")
+
+# The other ranks wait while rank 0 alone checks every image file before training, and while
+# it computes a class's metrics; on a large dataset (Real-IAD) either can take longer than
+# NCCL's default 10-minute collective timeout.
 TIMEOUT = datetime.timedelta(hours=4)
 
 
@@ -33,7 +37,8 @@ def world_size() -> int:
 
 
 def rank() -> int:
-    """This process's rank (0 without torchrun); rank 0 evaluates, saves and logs."""
+    """This process's rank (0 without torchrun); rank 0 checks the data, computes the
+    metrics, saves and logs."""
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
@@ -41,8 +46,11 @@ def rank() -> int:
 def launched(device: str) -> Iterator[str]:
     """Inside torchrun (WORLD_SIZE > 1): join the process group for the time of the block and
     yield this process's device, `cuda:<LOCAL_RANK>` for a CUDA `device`, else `cpu`.
-    Outside torchrun: yield `device` unchanged."""
+    Outside torchrun: yield `device` unchanged. A CUDA device becomes the current one (else
+    `cuda:1` would still create a context, and pin memory, on GPU 0)."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        if torch.device(device).type == "cuda" and torch.device(device).index is not None:
+            torch.cuda.set_device(device)
         yield device
         return
     kind = torch.device(device).type
@@ -90,14 +98,52 @@ def broadcast_from_main(value: int) -> int:
     return int(t.item())
 
 
-def mean_over_ranks(value: float) -> float:
-    """Mean of `value` over the ranks (unchanged with one process): the global batch's loss
-    from the per-rank means of equal shares."""
+def mean_over_ranks(value: torch.Tensor) -> float:
+    """Mean over the ranks of the 0-dim `value` (its value with one process), as a Python
+    float: the global batch's loss from the per-rank means of equal shares. The detached
+    tensor is summed in float64 where it is and read once (`.item()`: the step's one wait
+    for the GPU)."""
     if world_size() == 1:
-        return value
-    t = torch.tensor([value], dtype=torch.float64, device=_comm_device())
+        return value.item()
+    t = value.detach().reshape(1).to(device=_comm_device(), dtype=torch.float64)
     dist.all_reduce(t)
     return t.item() / world_size()
+
+
+def main_rank_first(fn: Callable[[], T]) -> T:
+    """`fn()` on rank 0 alone while the other ranks wait; its result on every rank (it must
+    pickle). If it fails on rank 0 (which reports why), the others stop quietly with exit
+    status 1. One process: `fn()`."""
+    if world_size() == 1:
+        return fn()
+    if rank() == 0:
+        try:
+            result = fn()
+        except BaseException:
+            dist.broadcast_object_list([(False, None)], src=0)
+            raise
+        dist.broadcast_object_list([(True, result)], src=0)
+        return result
+    message: list[object] = [None]
+    dist.broadcast_object_list(message, src=0)
+    ok, result = message[0]
+    if not ok:
+        raise SystemExit(1)  # rank 0 said why
+    return result
+
+
+def local_rank() -> int:
+    """This process's rank on its machine (torchrun's LOCAL_RANK; 0 without torchrun)."""
+    return int(os.environ.get("LOCAL_RANK", "0")) if world_size() > 1 else 0
+
+
+def all_ok(ok: bool) -> bool:
+    """Whether every rank passed True (a barrier that carries a failure; True alone)."""
+    if world_size() == 1:
+        return ok
+    t = torch.tensor([int(ok)], device=_comm_device())
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return bool(t.item())
 
 
 def barrier() -> None:

@@ -98,7 +98,7 @@ def image_scores(anomaly_map: torch.Tensor, max_ratio: float) -> torch.Tensor:
 
 def collect_maps(model: nn.Module, dataloader: DataLoader, device: torch.device | str,
                  max_ratio: float = 0, resize_mask: int | tuple[int, int] | None = None,
-                 gt_threshold: float = 0.0) -> EvalMaps:
+                 gt_threshold: float = 0.0, allow_empty: bool = False) -> EvalMaps:
     """Runs the model over a test set of `(img, gt, label, img_path)` batches and keeps
     the blurred maps, binary masks, image scores, labels and paths (spec §5).
 
@@ -107,6 +107,8 @@ def collect_maps(model: nn.Module, dataloader: DataLoader, device: torch.device 
     mask = `gt > gt_threshold` (0, the reference's `gt.bool()`; 0.5 is the common
     practice), anomalous where any channel of gt is. Leaves the model in eval mode, as
     the reference does. The results go into arrays allocated once for the whole set.
+    A loader without batches is an error, or with `allow_empty` (a process's empty share of
+    a split evaluation) gives 0 images, after the same random draws.
     """
     model.eval()
     gaussian_kernel = get_gaussian_kernel(kernel_size=5, sigma=4).to(device)
@@ -139,7 +141,10 @@ def collect_maps(model: nn.Module, dataloader: DataLoader, device: torch.device 
             paths.extend(img_path)
             seen += img.shape[0]
     if maps is None:
-        raise ValueError("the dataloader yielded no batch")
+        if not allow_empty:
+            raise ValueError("the dataloader yielded no batch")
+        return EvalMaps(np.empty((0, 0, 0), np.float32), np.empty((0, 0, 0), bool),
+                        np.empty(0, np.float32), np.empty(0, bool), [])
     # a sampler may visit fewer items than the dataset holds: keep what was seen
     return EvalMaps(maps[:seen], masks[:seen], scores[:seen], labels[:seen], paths)
 

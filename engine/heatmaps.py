@@ -33,7 +33,7 @@ from engine.fileio import atomic_write_bytes
 
 __all__ = [
     "save_class_heatmaps", "class_scale", "format_scale", "format_number", "colorize",
-    "load_view", "render_heatmap", "render_histogram", "heatmap_path", "panel_origins",
+    "load_view", "render_heatmap", "render_decision", "render_histogram", "heatmap_path", "panel_origins",
     "canvas_size", "write_png_atomic", "OUTLINE_BGR", "HISTOGRAM_NAME",
 ]
 
@@ -48,6 +48,8 @@ BAR_H = 10         # height of the colour bar in the footer
 OUTLINE_BGR = (255, 0, 255)
 NORMAL_BGR = (200, 140, 40)     # histogram: normal images (blue)
 ANOMALOUS_BGR = (40, 60, 220)   # histogram: anomalous images (red)
+NG_BGR = (40, 40, 220)          # decision frame: anomalous (red)
+OK_BGR = (60, 160, 60)          # decision frame: normal (green)
 ALPHA = 0.5                     # weight of the colour map in the overlay
 COLORMAP = cv2.COLORMAP_JET
 
@@ -213,6 +215,21 @@ def render_heatmap(image: np.ndarray, amap: np.ndarray, mask: np.ndarray, score:
         ((x1, text_y), low, 10, (60, 60, 60), "la", w // 2),
         ((x1 + w, text_y), high, 10, (60, 60, 60), "ra", w // 2),
     ])
+
+
+def render_decision(image: np.ndarray, amap: np.ndarray, score: float, threshold: float,
+                    vmin: float, vmax: float, title: str, mask: np.ndarray | None = None) -> np.ndarray:
+    """``render_heatmap`` with the decision in the header (``NG  <title>  threshold 0.1234``
+    before the score; NG where ``score > threshold``) and a frame in its colour (red NG,
+    green OK). ``amap``: ``H × W`` on the fixed scale ``[vmin, vmax]``; ``mask``: ``H × W``
+    ground truth to outline, if known."""
+    anomalous = score > threshold
+    mask = np.zeros(amap.shape, bool) if mask is None else mask
+    head = f"{'NG' if anomalous else 'OK'}  {title}  threshold {threshold:.4f}"
+    picture = render_heatmap(image, amap, mask, score, vmin, vmax, head)
+    height, width = picture.shape[:2]
+    cv2.rectangle(picture, (0, 0), (width - 1, height - 1), NG_BGR if anomalous else OK_BGR, 2)
+    return picture
 
 
 # ----------------------------------------------------------------------------- histogram

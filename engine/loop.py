@@ -31,6 +31,7 @@ from engine import distributed, training_state
 from engine.config import Config
 from engine.data import build_datasets, make_train_loader
 from engine.evaluator import evaluate
+from engine.generators import cuda_generator_plan
 from engine.results import ResultsTable, report
 from engine.run_folder import save_model
 from engine.spike_guard import NonFiniteLoss, SpikeGuard
@@ -74,7 +75,8 @@ def train(cfg: Config, classes: Sequence[str], out_dir: Path, log: Log, table: R
     from that checkpoint. `maps_dir`: heatmaps at the final evaluation (`--save_maps`).
     `status` follows the iterations and checkpoints (for the message if the run stops).
     Returns the last evaluation's metrics per class (on rank 0; {} on the other ranks, which
-    train on their share of each batch and wait while rank 0 evaluates and saves)."""
+    train on their share of each batch, compute their share of each evaluation's maps and
+    wait while rank 0 computes the metrics and saves)."""
     status = RunStatus() if status is None else status
     status.new_model(classes[0] if cfg.separate else None)
     ckpt_path = out_dir / training_state.CHECKPOINT_NAME
@@ -164,7 +166,7 @@ class ModelTraining:
                 self.status.iteration, self.status.started = it, True
                 # watch the loss: nan stops the run, a spike is logged (both may restart)
                 self.watch_loss(it, loss)
-                # evaluate and checkpoint (rank 0 evaluates and saves, the others wait)
+                # evaluate and checkpoint (maps split over the ranks; rank 0 scores and saves)
                 self.evaluate_and_checkpoint(it, epoch, position=len(epoch_losses))
                 # log
                 recent.append(loss)
@@ -213,9 +215,11 @@ class ModelTraining:
         final = it == cfg.total_iters
         evaluated = it % cfg.eval_every == 0 or final
         if evaluated:
+            # every rank computes the maps of its share of each test set; rank 0 gets them all
+            results = evaluate(self.model, self.test_sets, cfg, self.device,
+                               self.maps_dir if final and cfg.save_maps else None)
             if distributed.rank() == 0:
-                self.results = evaluate(self.model, self.test_sets, cfg, self.device,
-                                        self.maps_dir if final and cfg.save_maps else None)
+                self.results = results
                 # the model first: results never report a model not on disk
                 save_model(self.model, self.out_dir / "model.pth")
                 report(self.results, it, self.log, self.table, self.with_mean)
@@ -232,7 +236,7 @@ class ModelTraining:
     def save_checkpoint(self, finished: bool = False) -> None:
         """checkpoint.pth from rank 0, with every rank's generators; at the point where the
         next iteration starts (after the evaluation's random draws)."""
-        rng = training_state.all_rng_states()  # collective: every rank takes part
+        rng = training_state.all_rng_states(self.device)  # collective: every rank takes part
         if distributed.rank() == 0:
             training_state.save_training_state(
                 self.ckpt_path, self.model, self.t.optimizer, self.t.scheduler, self.progress,
@@ -244,17 +248,20 @@ class ModelTraining:
         """`--resume`: weights, optimizer, schedule, progress and generators of `state`."""
         rank, processes = distributed.rank(), distributed.world_size()
         same_processes = len(state["rng"]) == processes
+        rng_index = rank if same_processes else 0
         self.progress = training_state.restore_training_state(
-            state, self.model, self.t.optimizer, self.t.scheduler,
-            rng_index=rank if same_processes else 0, scaler=self.t.scaler)
+            state, self.model, self.t.optimizer, self.t.scheduler, rng_index=rng_index,
+            scaler=self.t.scaler, device=self.device)
         if not same_processes and rank > 0:  # rank 0's generators, but own dropout masks
             torch.manual_seed(self.cfg.seed + rank)
         self.results = state["results"]
         self.restarts = self.progress.restarts
+        _, gpu_note = cuda_generator_plan(state["rng"][rng_index], self.device)
         self.log(f"resumed from {self.ckpt_path} at iteration {self.progress.iteration}"
                  + ("" if same_processes else f" (saved by {len(state['rng'])} processes, now "
                                               f"{processes}: not bit-identical to an unstopped "
-                                              "run)"))
+                                              "run)")
+                 + (f"; {gpu_note}" if gpu_note else ""))
 
     def restart(self, event: Exception, bar: tqdm) -> None:
         """After a spike (or a nan, with `--spike_restart`): back to the last checkpoint,

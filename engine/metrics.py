@@ -5,6 +5,8 @@ Same values as the reference's metrics:
   `average_precision_score` (ties included), `f1_score_max` equals the reference's
   `f1_score_max` (max of 2PR/(P+R+1e-7) over the precision-recall curve);
   `binary_metrics` gives all three from one sort of the scores.
+  `binary_metrics_and_threshold` adds the threshold of the F1-max from the same sort
+  (`score > threshold` is the F1-max partition: thresholds.json).
 - `compute_pro` equals the reference's 200-threshold AUPRO loop.
 
 Both run in bounded extra memory (issue 4: below 1.5x the size of the float32 maps):
@@ -89,8 +91,9 @@ def _sorted_by_class(y_true: np.ndarray, y_score: np.ndarray) -> tuple[np.ndarra
     return pos, neg
 
 
-def _metrics_from_sorted(pos: np.ndarray, neg: np.ndarray) -> tuple[float, float, float]:
-    """(AUROC, AP, F1-max) from the sorted positive and negative scores.
+def _metrics_from_sorted(pos: np.ndarray, neg: np.ndarray) -> tuple[float, float, float, float]:
+    """(AUROC, AP, F1-max, the positive score where F1 is at its maximum) from the sorted
+    positive and negative scores.
 
     - AUROC in its Mann-Whitney form: the fraction of (positive, negative) pairs
       ordered correctly, ties counting 1/2; an exact integer count, which is what the
@@ -104,12 +107,14 @@ def _metrics_from_sorted(pos: np.ndarray, neg: np.ndarray) -> tuple[float, float
       curve is at one of these thresholds; precision, recall and F1 are computed with
       the same float64 operations as scikit-learn and the reference.
     Every positive score of a tie yields the same precision/F1, so the loop runs over
-    positive scores rather than over their distinct values.
+    positive scores rather than over their distinct values. The F1-max score `s` is the
+    lowest positive score reaching the maximum: "score >= s" is the F1-max partition.
     """
     n_pos, n_neg = pos.size, neg.size
     pairs_twice = 0  # 2 * (correctly ordered pairs + ties / 2), exact
     precision_sums = []
     f1_max = -math.inf
+    f1_max_score = math.nan
     for start in range(0, n_pos, _CHUNK):
         scores = pos[start:start + _CHUNK]
         neg_below = np.searchsorted(neg, scores, side="left")
@@ -121,10 +126,30 @@ def _metrics_from_sorted(pos: np.ndarray, neg: np.ndarray) -> tuple[float, float
         recall = tp / n_pos
         f1 = 2 * precision * recall / (precision + recall + 1e-7)
         precision_sums.append(float(precision.sum()))
-        f1_max = max(f1_max, float(f1.max()))
+        best = int(f1.argmax())  # the first maximum: chunks run upwards, so the lowest score
+        if f1[best] > f1_max:
+            f1_max, f1_max_score = float(f1[best]), float(scores[best])
     auroc = pairs_twice / (2 * n_pos * n_neg)
     ap = math.fsum(precision_sums) / n_pos
-    return auroc, ap, f1_max
+    return auroc, ap, f1_max, f1_max_score
+
+
+def _threshold_below(pos: np.ndarray, neg: np.ndarray, score: float) -> float:
+    """A threshold `t` with `score > t` exactly the partition `score >= s` of the sorted
+    scores: the midpoint between `s` and the highest score below it, or the value just below
+    `s` when no score is lower. Computed and rounded in the scores' dtype (a float32 value
+    for float32 maps), so that comparing in float32 or in float64 gives the same partition;
+    where two scores are adjacent values of that dtype, the lower score itself (`low > low`
+    is false). The midpoint keeps the largest margin on both sides, so a score recomputed
+    with round-off (another batch size, ONNX Runtime) falls on the same side."""
+    dtype = pos.dtype.type
+    high = dtype(score)
+    below = [a[i - 1] for a in (pos, neg) if (i := int(np.searchsorted(a, high, side="left")))]
+    if not below:
+        return float(np.nextafter(high, dtype(-np.inf)))
+    low = dtype(max(below))
+    middle = dtype(low + (high - low) / dtype(2))  # no overflow
+    return float(middle if low < middle < high else low)
 
 
 def binary_metrics(y_true: np.ndarray, y_score: np.ndarray) -> tuple[float, float, float]:
@@ -137,7 +162,18 @@ def binary_metrics(y_true: np.ndarray, y_score: np.ndarray) -> tuple[float, floa
     the reference's `f1_score_max`) to float64 round-off (< 1e-12 in practice), ties
     included. Raises ValueError if only one class is present, like scikit-learn.
     """
-    return _metrics_from_sorted(*_sorted_by_class(y_true, y_score))
+    return _metrics_from_sorted(*_sorted_by_class(y_true, y_score))[:3]
+
+
+def binary_metrics_and_threshold(y_true: np.ndarray, y_score: np.ndarray
+                                 ) -> tuple[float, float, float, float]:
+    """(AUROC, AP, F1-max, threshold) from the same one sort as `binary_metrics` (the first
+    three values are identical to its): `y_score > threshold` is a partition whose F1, with
+    the reference's `2PR / (P + R + 1e-7)`, is the F1-max (the lowest such threshold when
+    several partitions reach it; see `_threshold_below` for where between two scores)."""
+    pos, neg = _sorted_by_class(y_true, y_score)
+    auroc, ap, f1_max, score = _metrics_from_sorted(pos, neg)
+    return auroc, ap, f1_max, _threshold_below(pos, neg, score)
 
 
 def roc_auc(y_true: np.ndarray, y_score: np.ndarray) -> float:

@@ -26,7 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from engine.config import ALL_CLASSES, Config, encoder_settings
-from engine.fileio import atomic_write
+from engine.fileio import atomic_write, atomic_write_text
+from engine.report_material import Evaluation
 
 METRIC_NAMES = ("I-AUROC", "I-AP", "I-F1", "P-AUROC", "P-AP", "P-F1", "P-AUPRO")
 RESULTS_HEADER = ("iteration", "class", *METRIC_NAMES)  # results.csv
@@ -162,11 +163,14 @@ Page = Callable[[dict[str, list[float]], int | None], str]
 class ResultsTable:
     """results.csv: `iteration,class,<7 metrics>`, floats written exactly (repr; `nan` where
     a metric is not defined for a class); and, with `markdown` (latest results per class,
-    iteration -> page), results.md beside it. `path=None`: not written (ranks other than 0)."""
+    iteration -> page), results.md beside it; with `html` (the same), report.html.
+    `path=None`: not written (ranks other than 0)."""
 
-    def __init__(self, path: Path | None, markdown: Page | None = None) -> None:
+    def __init__(self, path: Path | None, markdown: Page | None = None,
+                 html: Page | None = None) -> None:
         self.path = path
         self.markdown = markdown
+        self.html = html
         self.rows: list[list[str]] = []
 
     def take_over(self, limits: dict[str, int]) -> None:
@@ -198,9 +202,9 @@ class ResultsTable:
             w.writerow(RESULTS_HEADER)
             w.writerows(self.rows)
         atomic_write(self.path, write)
-        if self.markdown is not None:
-            page = self.markdown(*self.latest())
-            atomic_write(self.path.with_name("results.md"), lambda f: f.write(page))
+        for name, make_page in (("results.md", self.markdown), ("report.html", self.html)):
+            if make_page is not None:
+                atomic_write_text(self.path.with_name(name), make_page(*self.latest()))
 
 
 def format_result(name: str, values: Sequence[float]) -> str:
@@ -211,12 +215,15 @@ def format_result(name: str, values: Sequence[float]) -> str:
 def report(results: dict[str, list[float]], iteration: int | None, log: Callable[[str], None],
            table: ResultsTable, with_mean: bool) -> None:
     """Log one line per class (and the Mean line, with a note on the classes it leaves
-    out), add them to results.csv and rewrite it (and results.md)."""
+    out), add them to results.csv and rewrite it (and results.md, report.html). Results of
+    `evaluator.evaluate` also write their thresholds.json and report material first."""
     for name, values in results.items():
         log(format_result(name, values))
         table.add(iteration, name, values)
     if with_mean:
         report_mean(results, iteration, log, table)
+    if table.path is not None and isinstance(results, Evaluation):
+        results.write(table.path.parent, iteration)
     table.save()
 
 
@@ -229,6 +236,15 @@ def report_mean(results: dict[str, list[float]], iteration: int | None, log: Cal
     if note:
         log(f"note: {note} ({UNDEFINED_HINT})")
     table.add(iteration, "Mean", means)
+
+
+def page_title(cfg: Config) -> str:
+    """The title of results.md and report.html."""
+    title = (f"{cfg.save_name}: Dinomaly, {DATASET_TITLES[cfg.dataset]}, "
+             f"{'class-separated' if cfg.separate else 'multi-class'}")
+    if cfg.eval_only:
+        title += f", evaluation of {cfg.checkpoint}"
+    return title
 
 
 def reference(cfg: Config) -> Reference | None:
@@ -256,10 +272,7 @@ def reference(cfg: Config) -> Reference | None:
 def results_page(cfg: Config) -> Page:
     """results.md's page for `cfg`: with the published means beside (`reference`)."""
     ref = reference(cfg)
-    title = (f"{cfg.save_name}: Dinomaly, {DATASET_TITLES[cfg.dataset]}, "
-             f"{'class-separated' if cfg.separate else 'multi-class'}")
-    if cfg.eval_only:
-        title += f", evaluation of {cfg.checkpoint}"
+    title = page_title(cfg)
 
     def page(results: dict[str, list[float]], iteration: int | None) -> str:
         classes = {name: values for name, values in results.items() if name != "Mean"}

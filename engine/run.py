@@ -34,8 +34,11 @@ from engine.loop import RunStatus, train
 from engine.preflight import (check_inputs, check_results_folder, check_resume,
                               eval_checkpoint_paths, eval_needs_encoder_weights,
                               fetch_encoder_weights)
+from engine.report_html import report_page
+from engine.report_material import Evaluation
 from engine.results import ResultsTable, format_result, report, report_mean, results_page
 from engine.run_folder import RunFolder, RunLog, free_save_name, write_config
+from engine.step import set_tf32
 
 
 def prepare_run_dir(cfg: Config) -> Path:
@@ -48,20 +51,21 @@ def evaluate_checkpoint(cfg: Config, log: RunLog, table: ResultsTable,
     """`--eval_only`: evaluate `cfg.checkpoint` on every class (see eval_checkpoint_paths);
     `maps_dir`: with heatmaps; `status.started` once the results are written."""
     utils.setup_seed(cfg.seed)
+    set_tf32(cfg.tf32)
     device = torch.device(cfg.device)
     paths = eval_checkpoint_paths(cfg)
     weights = cfg.encoder_weights if eval_needs_encoder_weights(cfg) else "random"
     model = models.build_dinomaly(cfg.encoder, weights, cfg.dropout, device=device,
                                   fused_attn=cfg.fused_attn)
     _, test_sets = build_datasets(cfg, cfg.classes)
-    results: dict[str, list[float]] = {}
+    results = Evaluation(cfg)  # the metrics, and the thresholds and report material
     loaded = None
     for name, test_set in test_sets.items():
         if paths[name] != loaded:
             models.load_checkpoint(model, paths[name])
             loaded = paths[name]
             log(f"checkpoint: {loaded}")
-        results.update(evaluate(model, {name: test_set}, cfg, device, maps_dir))
+        results.merge(evaluate(model, {name: test_set}, cfg, device, maps_dir))
     report(results, None, log, table, with_mean=True)
     if status is not None:
         status.started = True
@@ -90,15 +94,8 @@ def run(cfg: Config, argv: Sequence[str] = ()) -> dict[str, list[float]]:
     except ValueError as err:
         raise SystemExit(f"error: {err}") from None
     models.vit_encoder.parse_name(cfg.encoder)  # a script may name any encoder: checked now
-    check_results_folder(cfg)
-    if cfg.demo:
-        prepare_demo_data(cfg)
-    notes = check_inputs(cfg)
-    cfg, random_reason = fetch_encoder_weights(cfg)
-    if cfg.demo and not cfg.resume:
-        cfg = dataclasses.replace(cfg, save_name=free_save_name(cfg.save_dir, cfg.save_name))
-    if cfg.resume:
-        check_resume(cfg, Path(cfg.save_dir) / cfg.save_name)
+    # torchrun: rank 0 alone reads every file and fetches the weights, the others wait for it
+    cfg, notes, random_reason = distributed.main_rank_first(lambda: preflight(cfg))
     main_rank = distributed.rank() == 0  # the only one that writes files and logs
     folder = RunFolder(Path(cfg.save_dir) / cfg.save_name, cfg.resume)
     status = RunStatus()
@@ -124,6 +121,22 @@ def run(cfg: Config, argv: Sequence[str] = ()) -> dict[str, list[float]]:
         raise stop from None
 
 
+def preflight(cfg: Config) -> tuple[Config, list[str], str | None]:
+    """Every check before the run writes anything, then the encoder weights made available:
+    the config to run (the demo may fall back to a random encoder and a free folder name),
+    the datasets' notes for the log and, for a random encoder, why."""
+    check_results_folder(cfg)
+    if cfg.demo:
+        prepare_demo_data(cfg)
+    notes = check_inputs(cfg)
+    cfg, random_reason = fetch_encoder_weights(cfg)
+    if cfg.demo and not cfg.resume:
+        cfg = dataclasses.replace(cfg, save_name=free_save_name(cfg.save_dir, cfg.save_name))
+    if cfg.resume:
+        check_resume(cfg, Path(cfg.save_dir) / cfg.save_name)
+    return cfg, notes, random_reason
+
+
 def run_in_folder(cfg: Config, argv: Sequence[str], run_dir: Path, log: RunLog,
                   status: RunStatus, notes: Sequence[str],
                   random_reason: str | None) -> dict[str, list[float]]:
@@ -131,7 +144,8 @@ def run_in_folder(cfg: Config, argv: Sequence[str], run_dir: Path, log: RunLog,
     main_rank = distributed.rank() == 0
     if main_rank and not cfg.resume:  # a resumed run keeps its config.json (the log says how)
         write_config(cfg, run_dir, argv)
-    table = ResultsTable(run_dir / "results.csv" if main_rank else None, results_page(cfg))
+    table = ResultsTable(run_dir / "results.csv" if main_rank else None, results_page(cfg),
+                         report_page(cfg, run_dir))
     if cfg.resume:
         table.take_over(resume_limits(cfg, run_dir))
     log(f"{'evaluation of ' + str(cfg.checkpoint) if cfg.eval_only else 'training'}: "
@@ -267,7 +281,7 @@ def resume_limits(cfg: Config, run_dir: Path) -> dict[str, int]:
 def speed_options(cfg: Config, processes: int) -> str:
     """The non-default speed settings for the log's first line, e.g. `, amp bf16, 2 processes`."""
     options = {f"amp {cfg.amp}": cfg.amp != "none", "explicit attention": not cfg.fused_attn,
-               "image cache": cfg.cache_images, "compiled": cfg.compile,
+               "image cache": cfg.cache_images, "compiled": cfg.compile, "tf32": cfg.tf32,
                f"{processes} processes": processes > 1}
     return "".join(f", {name}" for name, on in options.items() if on)
 

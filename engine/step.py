@@ -2,8 +2,8 @@
 (`setup_training`), and `train_step`: forward → loss → backward → clip → step (spec §4).
 
 The speed options act here: `--amp` (autocast around the forward; fp16 with a loss
-scaler), `--compile` (every transformer block compiled in place) and several processes
-(DistributedDataParallel, the hard-mining threshold over the global batch).
+scaler), `--compile` (every transformer block compiled in place), `--tf32` and several
+processes (DistributedDataParallel, the hard-mining threshold over the global batch).
 """
 from __future__ import annotations
 
@@ -19,6 +19,10 @@ from engine import distributed
 from engine.config import AMP_DTYPES, Config
 
 COMPILE_BACKEND = "inductor"  # --compile; tests use "aot_eager" (same capture, no code generation)
+# Inductor generates its own dropout masks from seeds it draws (other numbers than eager's);
+# `fallback_random` makes the compiled code call the eager dropout kernel instead: the same
+# masks from the same generator in the same order, so --compile changes rounding only.
+INDUCTOR_OPTIONS = {"fallback_random": True}
 
 
 def compile_blocks(model: models.ViTill) -> None:
@@ -26,9 +30,18 @@ def compile_blocks(model: models.ViTill) -> None:
     (`nn.Module.compile`: the state_dict keys stay the reference's). Blocks of one kind share
     their compiled code, so compilation costs one block per kind (evaluation, in eval mode
     without gradients, compiles its own variants); the loss's gradient hooks sit on the
-    decoder outputs, outside the compiled code."""
+    decoder outputs, outside the compiled code. Dropout draws as in eager mode
+    (INDUCTOR_OPTIONS)."""
+    options = {"options": INDUCTOR_OPTIONS} if COMPILE_BACKEND == "inductor" else {}
     for block in [*model.encoder.blocks, *model.bottleneck, *model.decoder]:
-        block.compile(backend=COMPILE_BACKEND)
+        block.compile(backend=COMPILE_BACKEND, **options)
+
+
+def set_tf32(enabled: bool) -> None:
+    """--tf32: CUDA float32 matmuls on TF32 tensor cores, or (default, the reference's) in
+    full fp32. Set both ways: a run gets what its config says whatever ran before it.
+    (Convolutions keep cuDNN's default, as in the reference.)"""
+    torch.backends.cuda.matmul.allow_tf32 = enabled
 
 
 def training_module(model: models.ViTill, cfg: Config, device: torch.device) -> nn.Module:
@@ -59,6 +72,7 @@ class Training:
 def setup_training(cfg: Config, device: torch.device) -> Training:
     """A fresh model (seeded init, the reference's order of random draws), its optimizer,
     lr schedule and, with the speed options, the compiled / DDP-wrapped training module."""
+    set_tf32(cfg.tf32)
     model = models.build_dinomaly(cfg.encoder, cfg.encoder_weights, cfg.dropout, device=device,
                                   fused_attn=cfg.fused_attn)
     rank = distributed.rank()
@@ -97,6 +111,6 @@ def train_step(t: Training, img: torch.Tensor, it: int, cfg: Config) -> float:
     # step (fp16: skipped if the gradients overflowed), then the scheduler sets the next lr
     t.scaler.step(t.optimizer)
     t.scaler.update()
-    value = distributed.mean_over_ranks(loss.item())
+    value = distributed.mean_over_ranks(loss)  # the step's one host-device synchronisation
     t.scheduler.step()
     return value

@@ -20,7 +20,8 @@ A checkpoint is one plain dict (`torch.load(..., weights_only=True)` reads it):
     losses                float64 tensor, the loss of every iteration done (exact `loss.item()`)
     restarts              spike restarts so far (`--spike_restart`)
     results               the last evaluation's metrics per class
-    rng                   per process (rank order): torch CPU and CUDA generators, numpy, random
+    rng                   per process (rank order): the CPU generator, the run's CUDA device's
+                          generator, numpy, random (`generators.rng_state`)
     config                the run's settings (`dataclasses.asdict(Config)`)
 
 Exactness: the loop draws from the CPU generator when it creates a DataLoader iterator (the
@@ -32,19 +33,18 @@ from __future__ import annotations
 
 import math
 import os
-import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
 from engine.fileio import atomic_write
+from engine.generators import all_rng_states, rng_state, set_rng_state  # noqa: F401  (re-exported)
 from models.vit_encoder import EncoderError, load_file, load_strict
 
 CHECKPOINT_NAME = "checkpoint.pth"
@@ -72,7 +72,8 @@ RESUME_FREE = frozenset({
     "demo",
     "encoder_changed",   # a record of which settings the encoder set (they are compared)
     "cache_images",      # speed (issue 5): the same tensors, the same order of random draws
-    "compile",
+    "compile",           # the same random draws as eager (step.INDUCTOR_OPTIONS); rounding only
+    "tf32",              # rounding only, like --device: a continuation is then not bit-exact
 })
 
 
@@ -89,50 +90,6 @@ class Progress:
     epoch_position: int = 0  # batches of epoch_order already trained on
     losses: list[float] = field(default_factory=list)  # one per iteration done
     restarts: int = 0  # spike restarts so far
-
-
-# ----------------------------------------------------------------------------- RNG
-
-def rng_state() -> dict[str, object]:
-    """The states of every generator the training loop draws from (weights_only-loadable:
-    tensors, ints, floats, strings, tuples)."""
-    np_state = np.random.get_state(legacy=False)
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": {"bit_generator": np_state["bit_generator"],
-                  "key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
-                  "pos": int(np_state["state"]["pos"]), "has_gauss": int(np_state["has_gauss"]),
-                  "gauss": float(np_state["gauss"])},
-        "random": random.getstate(),
-    }
-
-
-def set_rng_state(state: Mapping[str, object]) -> None:
-    """Restore what `rng_state` captured. CUDA states are restored when CUDA is present and
-    the device count matches (a CPU checkpoint continued on a GPU keeps the fresh seed)."""
-    torch.set_rng_state(state["torch"])
-    cuda = list(state["cuda"])
-    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(cuda)
-    n = state["numpy"]
-    np.random.set_state({"bit_generator": n["bit_generator"],
-                         "state": {"key": n["key"].numpy().astype(np.uint32), "pos": n["pos"]},
-                         "has_gauss": n["has_gauss"], "gauss": n["gauss"]})
-    version, internal, gauss_next = state["random"]
-    random.setstate((version, tuple(internal), gauss_next))
-
-
-def all_rng_states() -> list[dict[str, object]]:
-    """`rng_state()` of every process of a torch.distributed run, in rank order (each rank
-    draws its own dropout masks); `[rng_state()]` with one process. Collective: every rank
-    must call it."""
-    state = rng_state()
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return [state]
-    states: list[object] = [None] * dist.get_world_size()
-    dist.all_gather_object(states, state)
-    return states  # type: ignore[return-value]
 
 
 # ----------------------------------------------------------------------------- files
@@ -222,10 +179,12 @@ def progress_of(state: Mapping[str, object]) -> Progress:
 
 def restore_training_state(state: Mapping[str, object], model: nn.Module, optimizer: Optimizer,
                            scheduler: LRScheduler, rng_index: int | None = 0,
-                           scaler: torch.amp.GradScaler | None = None) -> Progress:
+                           scaler: torch.amp.GradScaler | None = None,
+                           device: torch.device | str | None = None) -> Progress:
     """Load model (trainable part), optimizer, scheduler (and `scaler`) from an unfinished
     checkpoint, and the RNG states of process `rng_index` (None: leave the generators alone,
-    e.g. a spike restart that reseeds). Returns the progress."""
+    e.g. a spike restart that reseeds), the CUDA one into `device`'s generator
+    (`generators.cuda_generator_plan`). Returns the progress."""
     if state["finished"]:
         raise TrainingStateError("the checkpoint is of a finished run: nothing to restore")
     encoder = {k: v for k, v in model.state_dict().items() if k.startswith("encoder.")}
@@ -238,7 +197,7 @@ def restore_training_state(state: Mapping[str, object], model: nn.Module, optimi
     if scaler is not None and state["scaler"]:
         scaler.load_state_dict(state["scaler"])
     if rng_index is not None:
-        set_rng_state(state["rng"][rng_index])
+        set_rng_state(state["rng"][rng_index], device)
     return progress_of(state)
 
 

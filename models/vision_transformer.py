@@ -42,11 +42,16 @@ class LinearAttention2(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q, k, v = split_heads(self.qkv(x), self.num_heads)  # 3 × (B, heads, N, hd)
-        q = F.elu(q) + 1.0
-        k = F.elu(k) + 1.0
-        kv = torch.einsum("...sd,...se->...de", k, v)  # B, heads, hd, hd: Σ_j k'_j v_jᵀ
-        z = 1.0 / torch.einsum("...sd,...d->...s", q, k.sum(dim=-2))  # B, heads, N
-        x = torch.einsum("...de,...sd,...s->...se", kv, q, z)  # B, heads, N, hd
+        # The sums run over all N tokens: at 789 tokens with trained weights the normaliser
+        # q'·Σk' exceeds fp16's range (65504) and tokens silently become 0. Under --amp they
+        # run in fp32; in fp32 `.float()` and the disabled autocast change nothing.
+        with torch.autocast(x.device.type, enabled=False):
+            q = F.elu(q.float()) + 1.0
+            k = F.elu(k.float()) + 1.0
+            v = v.float()
+            kv = torch.einsum("...sd,...se->...de", k, v)  # B, heads, hd, hd: Σ_j k'_j v_jᵀ
+            z = 1.0 / torch.einsum("...sd,...d->...s", q, k.sum(dim=-2))  # B, heads, N
+            x = torch.einsum("...de,...sd,...s->...se", kv, q, z)  # B, heads, N, hd
         x = merge_heads(x)  # B, heads, N, hd -> B, N, C
         x = self.proj(x)
         return x

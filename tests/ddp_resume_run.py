@@ -18,11 +18,11 @@ def main() -> None:
     gather = training_state.all_rng_states
     calls = {"n": 0}
 
-    def gather_or_stop() -> list:  # collective: every rank reaches it at each checkpoint
+    def gather_or_stop(*args) -> list:  # collective: every rank reaches it at each checkpoint
         calls["n"] += 1
         if calls["n"] == stop_at:
             raise SystemExit(3)
-        return gather()
+        return gather(*args)
 
     training_state.all_rng_states = gather_or_stop  # the trainer calls it through the module
     engine.cli.main(engine.cli.Config(), sys.argv[1:])

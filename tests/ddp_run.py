@@ -1,5 +1,7 @@
 """Helper of test_ddp.py: `engine.cli.main` alone or under torchrun, recording the loss this
-process computes at every step into `$DDP_TEST_OUT/losses_rank<RANK>.json`.
+process computes at every step into `$DDP_TEST_OUT/losses_rank<RANK>.json`, and into
+`stats_rank<RANK>.json` the test images this process ran through the model, the image
+files it checked and its shared image caches (--cache_images). `$DDP_GATHER_IMAGES`: images per message of the split evaluation.
 
     python tests/ddp_run.py <trainer arguments>
     python -m torch.distributed.run --nproc_per_node=2 ... tests/ddp_run.py <trainer arguments>
@@ -10,24 +12,55 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np  # noqa: E402
+
+import dataset  # noqa: E402
 import engine.cli  # noqa: E402
+from engine import eval_shards, evaluation  # noqa: E402
 import utils  # noqa: E402
 
 
 def main() -> None:
     losses: list[float] = []
-    loss_fn = utils.global_cosine_hm_percent
+    stats = {"eval_images": 0, "image_checks": 0}
+    loss_fn, collect, check = utils.global_cosine_hm_percent, evaluation.collect_maps, \
+        dataset.check_images
+    share = dataset.SharedCache.array
+    files: list[str] = []  # the shared caches' files
 
     def recording(*args, **kwargs):
         loss = loss_fn(*args, **kwargs)
         losses.append(loss.item())
         return loss
 
+    def collecting(model, loader, *args, **kwargs):
+        stats["eval_images"] += len(loader.dataset)
+        return collect(model, loader, *args, **kwargs)
+
+    def checking(files, *args, **kwargs):
+        stats["image_checks"] += len(files)
+        return check(files, *args, **kwargs)
+
+    def sharing(cache, shape, fill):  # --cache_images: who decodes, what the others get
+        array = share(cache, shape, fill)
+        stats.setdefault("cache", []).append(
+            {"fills": cache.fills, "images": shape[0], "writeable": array.flags.writeable,
+             "mapped": isinstance(array, np.memmap)})
+        files.append(array.filename)
+        return array
+
     utils.global_cosine_hm_percent = recording  # the trainer calls it through `utils.`
+    evaluation.collect_maps = collecting  # through `evaluation.`
+    dataset.check_images = checking  # through `dataset.`
+    dataset.SharedCache.array = sharing
+    if "DDP_GATHER_IMAGES" in os.environ:
+        eval_shards.GATHER_IMAGES = int(os.environ["DDP_GATHER_IMAGES"])
     # hard mining at full strength from the second step on: the threshold matters at once
     engine.cli.main(engine.cli.Config(hm_ramp_iters=1), sys.argv[1:])
-    out = Path(os.environ["DDP_TEST_OUT"]) / f"losses_rank{os.environ.get('RANK', '0')}.json"
-    out.write_text(json.dumps(losses))
+    out, rank = Path(os.environ["DDP_TEST_OUT"]), os.environ.get("RANK", "0")
+    (out / f"losses_rank{rank}.json").write_text(json.dumps(losses))
+    stats["cache_files_left"] = [f for f in files if os.path.exists(f)]
+    (out / f"stats_rank{rank}.json").write_text(json.dumps(stats))
 
 
 if __name__ == "__main__":

@@ -74,10 +74,12 @@ def straight(data, tmp_path_factory) -> Path:
 
 
 @pytest.mark.slow
-def test_stopped_and_resumed_equals_unstopped(data, straight, tmp_path, monkeypatch):
+@pytest.mark.parametrize("workers", [0, 2])
+def test_stopped_and_resumed_equals_unstopped(data, straight, tmp_path, monkeypatch, workers):
     """Stopped by a kill while writing the checkpoint of iteration 6 (--checkpoint_every 2),
     so the last good checkpoint is iteration 4's (mid-epoch), then --resume: the same losses
-    at every iteration, the same weights, evaluations and log lines."""
+    at every iteration, the same weights, evaluations and log lines. With 2 loader processes
+    (kept across epochs) as well: the same as the unstopped run without any."""
     real_save = torch.save
 
     def save_then_die_at_6(obj, f, *args, **kwargs):
@@ -88,7 +90,7 @@ def test_stopped_and_resumed_equals_unstopped(data, straight, tmp_path, monkeypa
             raise Killed()
 
     monkeypatch.setattr(torch, "save", save_then_die_at_6)
-    cfg = config(data, tmp_path, checkpoint_every=2)
+    cfg = config(data, tmp_path, checkpoint_every=2, num_workers=workers)
     with pytest.raises(Killed):
         run(cfg)
     monkeypatch.undo()

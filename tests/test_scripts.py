@@ -146,11 +146,11 @@ def test_mvtec_uni_end_to_end_eval_only_and_refusal(data, tmp_path):
            [ln for ln in proc.stdout.splitlines() if LINE.match(ln)][3:]
 
     # an existing results folder is never overwritten
-    before = {p: p.read_bytes() for p in run_dir.iterdir()}
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
     again = run_script("dinomaly_mvtec_uni.py", *args, check=False)
     assert again.returncode != 0
     assert "already exists" in again.stderr and str(run_dir) in again.stderr
-    assert {p: p.read_bytes() for p in run_dir.iterdir()} == before
+    assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
 
 
 def run_uni(script: str, root: Path, classes: tuple[str, ...], tmp_path: Path

@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler
 
-from engine import distributed
+from engine import distributed, training_state
 import models
 import synth
 import engine.step
@@ -268,3 +268,62 @@ def test_flags_rejected(argv, capsys):
     with pytest.raises(SystemExit):
         parse_args(Config(), argv)
     assert "error" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- CUDA plumbing
+
+def test_an_indexed_gpu_becomes_the_current_device(monkeypatch):
+    """`--device cuda:1`: CUDA's context (and pinned memory) on GPU 1, not GPU 0."""
+    calls = []
+    monkeypatch.setattr(torch.cuda, "set_device", calls.append)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    for device in ("cuda:1", "cuda", "cpu"):
+        with distributed.launched(device) as used:
+            assert used == device
+    assert calls == ["cuda:1"]
+
+
+@pytest.mark.parametrize("device,workers,pin,persistent", [
+    ("cuda", 2, True, True), ("cuda:1", 0, True, False), ("cpu", 2, False, True),
+    ("cpu", 0, False, False)])
+def test_loader_settings_in_every_configuration(data, tmp_path, device, workers, pin,
+                                                persistent):
+    """Pinned batches on CUDA and loader processes kept across epochs, with or without the
+    image cache (the sampler replays a fresh iterator's draw: test_cache_images_…)."""
+    for cache in (False, True):
+        cfg = tiny_config(data, tmp_path, "x", device=device, num_workers=workers,
+                          cache_images=cache)
+        train_set, _ = build_datasets(cfg, MVTEC)
+        loader = make_train_loader(cfg, train_set)
+        assert (loader.pin_memory, loader.persistent_workers) == (pin, persistent)
+        assert loader.batch_sampler.persistent_loader == persistent
+
+
+def test_persistent_workers_keep_the_batches_and_generator(data, tmp_path):
+    """Uncached, 2 loader processes kept across 3 epochs: the batches and the generator state
+    of the reference's DataLoader(shuffle=True, drop_last=True) without workers."""
+    cfg = tiny_config(data, tmp_path, "x", num_workers=2)
+    train_set, _ = build_datasets(cfg, MVTEC)
+    torch.manual_seed(3)
+    ours = batches(make_train_loader(cfg, train_set), 3), torch.get_rng_state()
+    torch.manual_seed(3)
+    reference = DataLoader(train_set, batch_size=2, shuffle=True, drop_last=True)
+    theirs = batches(reference, 3), torch.get_rng_state()
+    assert len(ours[0]) == 9 and all(torch.equal(a, b) for a, b in zip(ours[0], theirs[0]))
+    assert torch.equal(ours[1], theirs[1])
+
+
+def test_tf32_flag(tmp_path, monkeypatch):
+    """--tf32: a Config field and flag, in config.json and the log line, free on --resume,
+    applied both ways by setup_training (the default is full fp32)."""
+    cfg = parse_args(Config(), ["--tf32"])
+    assert cfg.tf32 and not parse_args(Config(), []).tf32
+    write_config(cfg, tmp_path, ["--tf32"])
+    assert json.loads((tmp_path / "config.json").read_text())["tf32"] is True
+    assert speed_options(cfg, 1) == ", tf32"
+    assert "tf32" in training_state.RESUME_FREE and "compile" in training_state.RESUME_FREE
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    engine.step.set_tf32(True)
+    assert torch.backends.cuda.matmul.allow_tf32
+    engine.step.set_tf32(False)
+    assert not torch.backends.cuda.matmul.allow_tf32

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from engine import generators
 from engine import training_state as ts
 import utils
 
@@ -178,3 +179,62 @@ def test_config_differences():
     other = {**same, "seed": 2, "classes": ("a",), "new_field": True}
     assert ts.config_differences(saved, other) == [
         "classes: ['a', 'b'] -> ['a']", "new_field: '<absent>' -> True", "seed: 1 -> 2"]
+
+
+# ----------------------------------------------------------------------------- CUDA generators
+
+@pytest.fixture
+def fake_gpus(monkeypatch):
+    """Two GPUs as far as the generator code can tell: their states, names, what was set."""
+    gpus = {"states": {0: torch.arange(4, dtype=torch.uint8), 1: torch.arange(4, 8, dtype=torch.uint8)},
+            "names": {0: "GPU-A", 1: "GPU-A", 2: "GPU-B"}, "set": []}
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda i: gpus["states"][i].clone())
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i: gpus["names"][i])
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda s, i: gpus["set"].append((s, i)))
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)
+    return gpus
+
+
+def test_rng_state_keeps_the_generator_of_the_runs_device(fake_gpus, tmp_path):
+    state = ts.rng_state("cuda:1")
+    assert torch.equal(state["cuda"], fake_gpus["states"][1])  # that GPU's only
+    assert state["cuda_device"] == {"index": 1, "name": "GPU-A"}
+    cpu = ts.rng_state("cpu")
+    assert cpu["cuda"] is None and cpu["cuda_device"] is None
+    ts.atomic_save({"rng": [state, cpu]}, tmp_path / "r.pth")
+    loaded = torch.load(tmp_path / "r.pth", weights_only=True)["rng"]
+    assert torch.equal(loaded[0]["cuda"], state["cuda"]) and loaded[1]["cuda"] is None
+
+
+def test_cuda_generator_restored_into_the_device_the_run_uses(fake_gpus):
+    saved = ts.rng_state("cuda:1")
+    # another index of the same GPU model: exact, into the GPU now used
+    ts.set_rng_state(saved, "cuda:0")
+    assert len(fake_gpus["set"]) == 1
+    state, index = fake_gpus["set"][0]
+    assert torch.equal(state, fake_gpus["states"][1]) and index == 0
+    assert generators.cuda_generator_plan(saved, "cuda:0")[1] is None
+    # another GPU model: restored, and the log says the masks may differ
+    cuda, note = generators.cuda_generator_plan(saved, "cuda:2")
+    assert torch.equal(cuda, fake_gpus["states"][1]) and "GPU-A" in note and "GPU-B" in note
+    # GPU -> CPU and CPU -> GPU: nothing to restore there, said
+    cuda, note = generators.cuda_generator_plan(saved, "cpu")
+    assert cuda is None and "saved on a GPU" in note
+    cuda, note = generators.cuda_generator_plan(ts.rng_state("cpu"), "cuda:1")
+    assert cuda is None and "saved on the CPU" in note
+    assert generators.cuda_generator_plan(ts.rng_state("cpu"), "cpu") == (None, None)
+    fake_gpus["set"].clear()
+    ts.set_rng_state(ts.rng_state("cpu"), "cuda:1")
+    assert fake_gpus["set"] == []
+
+
+def test_cuda_generators_of_older_checkpoints(fake_gpus):
+    """Checkpoints written before: every device's state in a list; the run's index is used."""
+    older = {**ts.rng_state("cpu"), "cuda": [fake_gpus["states"][0], fake_gpus["states"][1]]}
+    older.pop("cuda_device")
+    cuda, note = generators.cuda_generator_plan(older, "cuda:1")
+    assert torch.equal(cuda, fake_gpus["states"][1]) and note is None
+    cuda, note = generators.cuda_generator_plan(older, "cuda:2")
+    assert cuda is None and "none for cuda:2" in note
+    assert generators.cuda_generator_plan({**older, "cuda": []}, "cuda:0")[0] is None
+    assert generators.cuda_generator_plan(older, "cpu")[0] is None

@@ -84,8 +84,9 @@ def stable_adamw_oracle(w, grads, lrs, betas=(0.9, 0.999), eps=1e-8, wd=1e-4, cl
     return w, scales
 
 
+@pytest.mark.parametrize("flat", [True, False])  # the flat buffers and the per-tensor form
 @pytest.mark.parametrize("clip", [1.0, 0.5])
-def test_stable_adamw_equals_hand_computation(clip):
+def test_stable_adamw_equals_hand_computation(clip, flat):
     rng = np.random.default_rng(0)
     w0 = rng.normal(size=(5, 4))
     # growing gradients make rms(g/denom) exceed 1 at some steps: the clipping path runs
@@ -93,7 +94,7 @@ def test_stable_adamw_equals_hand_computation(clip):
     lrs = [1e-2, 2e-2, 5e-3, 1e-2]
     p = torch.nn.Parameter(torch.tensor(w0))
     opt = utils.StableAdamW([{"params": [p]}], lr=lrs[0], betas=(0.9, 0.999), eps=1e-8,
-                            weight_decay=1e-4, amsgrad=True, clip_threshold=clip)
+                            weight_decay=1e-4, amsgrad=True, clip_threshold=clip, flat=flat)
     for g, lr in zip(grads, lrs):
         opt.param_groups[0]["lr"] = lr  # the schedule writes the group's lr
         p.grad = torch.tensor(g)

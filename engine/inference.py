@@ -1,0 +1,157 @@
+"""The inference pipeline shared by the run's evaluation, `predict.py` and the ONNX export:
+a normalised image `B×3×H×W` → its anomaly map `B×1×R×R` and image score `B`, exactly as
+the evaluation computes them (spec §5), and the model behind it rebuilt from a run folder
+or a bare `model.pth`.
+
+    pipeline = AnomalyPipeline(model, resolution=256, max_ratio=0.01).eval()
+    maps, scores = pipeline(images)          # B×1×256×256, B
+
+`engine.evaluation.collect_maps` computes the same per batch (the tests hold the two equal
+bit for bit); the pipeline is what predict runs and what `engine.onnx_export` exports.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import models
+from engine.checks import CheckError
+from engine.evaluation import cal_anomaly_maps, get_gaussian_kernel, image_scores
+from engine.thresholds import THRESHOLDS_NAME
+
+
+class AnomalyPipeline(nn.Module):
+    """`forward(x)`: normalised images `B×3×H×W` (H = W = the run's crop) →
+    `(anomaly map B×1×R×R, image score B)`.
+
+    The evaluation's steps (spec §5): per feature group `1 − cos(en, de)`, bilinear upsampling
+    to the input size (align_corners=True), mean over groups; bilinear resize to R
+    (align_corners=False; none when `resolution` is None); Gaussian blur (5, σ 4, zero
+    padding); score = mean of the top `int(R·R·max_ratio)` values (the max when 0).
+    """
+
+    def __init__(self, model: nn.Module, resolution: int | None = 256, max_ratio: float = 0.01) -> None:
+        super().__init__()
+        self.model = model
+        self.resolution = resolution
+        self.max_ratio = max_ratio
+        # built as the evaluation builds it (one draw of the CPU generator, then overwritten)
+        self.blur = get_gaussian_kernel(kernel_size=5, sigma=4)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        en, de = self.model(x)
+        anomaly_map, _ = cal_anomaly_maps(en, de, x.shape[-1])  # B, 1, H, W
+        if self.resolution is not None:
+            anomaly_map = F.interpolate(anomaly_map, size=self.resolution, mode="bilinear",
+                                        align_corners=False)  # B, 1, R, R
+        anomaly_map = self.blur(anomaly_map)
+        return anomaly_map, image_scores(anomaly_map, self.max_ratio)
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model comes from and the settings it was evaluated with.
+
+    `run_dir` is None for a bare `model.pth`; `class_name` is the class the model (or, for a
+    multi-class model, the thresholds) belong to, None when not known."""
+    model_path: Path
+    encoder: str
+    image_size: int
+    crop_size: int
+    resolution: int
+    max_ratio: float
+    run_dir: Path | None
+    separate: bool
+    classes: tuple[str, ...]
+    class_name: str | None
+
+    @property
+    def thresholds_path(self) -> Path | None:
+        return None if self.run_dir is None else self.run_dir / THRESHOLDS_NAME
+
+
+def read_run_config(run_dir: Path) -> dict[str, object]:
+    """The run's config.json (CheckpointError when missing or unreadable: not a run folder)."""
+    path = run_dir / "config.json"
+    if not path.is_file():
+        raise models.CheckpointError(f"--checkpoint {run_dir}: a folder, but not a run folder (no config.json); "
+                         "pass a run folder of dinomaly_*.py or a model.pth")
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise models.CheckpointError(f"--checkpoint {run_dir}: cannot read {path}: {err}") from None
+    if not isinstance(config, dict) or not {"encoder", "image_size", "crop_size"} <= config.keys():
+        raise models.CheckpointError(f"--checkpoint {run_dir}: {path} is not a run's config.json")
+    return config
+
+
+def resolve_source(checkpoint: str, class_name: str | None, encoder: str | None,
+                   image_size: int | None, crop_size: int | None) -> ModelSource:
+    """`--checkpoint` as a `ModelSource`: a run folder (settings from its config.json; the
+    class-separated `<class>/model.pth` of `class_name`), or a `model.pth` with `encoder` and
+    the sizes (defaults 448 / 392, the paper's). A flag that does not fit raises CheckError
+    (exit status 2), a missing or unreadable file CheckpointError (1)."""
+    path = Path(checkpoint)
+    if not path.exists():
+        raise models.CheckpointError(f"--checkpoint {checkpoint}: no such file or folder")
+    if path.is_file():
+        if encoder is None:
+            raise CheckError(f"--checkpoint {checkpoint} is a bare model file: pass --encoder "
+                             "(and --image_size / --crop_size if not 448 / 392), or the run folder")
+        models.vit_encoder.parse_name(encoder)  # EncoderError lists the names
+        return ModelSource(path, encoder, image_size or 448, crop_size or 392, 256, 0.01,
+                           None, False, (), class_name)
+    config = read_run_config(path)
+    for flag, given in (("--encoder", encoder), ("--image_size", image_size), ("--crop_size", crop_size)):
+        if given is not None and given != config[flag[2:]]:
+            raise CheckError(f"{flag} {given}: the run in {path} has {config[flag[2:]]}; "
+                             f"leave {flag} out for a run folder")
+    classes = tuple(config.get("classes", ()))
+    separate = bool(config.get("separate", False))
+    if class_name is not None and classes and class_name not in classes:
+        raise CheckError(f"--class {class_name}: not a class of the run in {path}; "
+                         f"its classes: {', '.join(classes)}")
+    if separate and class_name is None:
+        raise CheckError(f"--checkpoint {path} is a class-separated run (one model per class): "
+                         f"pass --class NAME, one of {', '.join(classes)}")
+    model_path = path / class_name / "model.pth" if separate else path / "model.pth"
+    if config.get("eval_only"):  # an --eval_only run evaluated a model kept elsewhere
+        model_path = evaluated_checkpoint(path, config, class_name)
+    if not model_path.is_file():
+        raise models.CheckpointError(f"--checkpoint {path}: no model at {model_path} (the run saves it "
+                         "at its first evaluation)")
+    return ModelSource(model_path, str(config["encoder"]), int(config["image_size"]),
+                       int(config["crop_size"]), int(config.get("eval_resolution", 256)),
+                       float(config.get("max_ratio", 0.01)), path, separate, classes, class_name)
+
+
+def evaluated_checkpoint(run_dir: Path, config: dict[str, object], class_name: str | None) -> Path:
+    """The model an `--eval_only` run evaluated: as its thresholds.json records it (an
+    absolute path), else its config.json's `checkpoint` (`<class>/model.pth` in a folder)."""
+    try:
+        data = json.loads((run_dir / THRESHOLDS_NAME).read_text())
+        entries = data["classes"]
+        entry = entries.get(class_name) if class_name else data.get("pooled") or next(iter(entries.values()))
+        return Path(entry["checkpoint"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, StopIteration):
+        path = Path(str(config.get("checkpoint")))
+        return path / class_name / "model.pth" if path.is_dir() and class_name else path
+
+
+def load_model(source: ModelSource, device: torch.device | str) -> nn.Module:
+    """The model of `source` in eval mode on `device`. A full state_dict (ours, the
+    reference's) brings its encoder; one with only the trained part needs the official
+    encoder weights (downloaded once, as for training). A file that is not a checkpoint
+    raises CheckpointError before anything is built or downloaded."""
+    state_dict = models.checkpoint.model_state_dict(
+        models.vit_encoder.load_file(source.model_path, "checkpoint"), source.model_path)
+    weights = "random" if any(k.startswith("encoder.") for k in state_dict) else "official"
+    del state_dict  # load_checkpoint reads it again, strictly
+    model = models.build_dinomaly(source.encoder, weights, dropout=0.0, device=device)
+    models.load_checkpoint(model, source.model_path)
+    return model.eval()

@@ -1,0 +1,105 @@
+"""The inference pipeline as one ONNX model (issue 12, `export.py`), and running it with
+ONNX Runtime (`predict.py --onnx`).
+
+The whole `inference.AnomalyPipeline` is exported: DINOv2 encoder (its position embeddings
+resized for the run's fixed crop), bottleneck, linear-attention decoder, the cosine maps,
+upsampling, resize, Gaussian blur and the top-1 % mean score.
+
+    input   image        float32  batch × 3 × crop × crop   (normalised, as the test transform gives)
+    output  anomaly_map  float32  batch × 1 × R × R          (R = the evaluation's 256)
+    output  score        float32  batch
+
+Exporter: torch's `torch.export`-based one (`torch.onnx.export(..., dynamo=True)`, the default
+since torch 2.9; it needs `onnxscript`), which runs offline; the legacy TorchScript exporter
+is deprecated there, and it cannot trace the encoder's position-embedding resize (its scale
+becomes a tensor). The batch axis is dynamic, the weights are stored inside the one file
+(`external_data=False`: under protobuf's 2 GB for every encoder here). The run's settings
+and thresholds travel in the model's metadata (`METADATA_KEY`, JSON), so that
+`predict.py --onnx model.onnx` needs nothing else.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from engine.fileio import atomic_write_bytes
+from engine.inference import AnomalyPipeline
+
+METADATA_KEY = "dinomaly"
+INPUT_NAME, OUTPUT_NAMES = "image", ("anomaly_map", "score")
+
+
+class ExportError(RuntimeError):
+    """The exporter or ONNX Runtime is missing, or the model could not be exported."""
+
+
+def export_onnx(pipeline: AnomalyPipeline, crop_size: int, out: Path, metadata: dict[str, object]) -> int:
+    """Export `pipeline` (eval mode, on the CPU) for `crop_size` inputs to `out`, atomically,
+    with `metadata` as JSON under `METADATA_KEY`. Returns the file's size in bytes."""
+    try:
+        import onnx  # noqa: F401  (the exporter needs both; say so in one line if missing)
+        import onnxscript  # noqa: F401
+    except ImportError as err:
+        raise ExportError(f"the ONNX export needs the packages onnx and onnxscript ({err}); "
+                          "pip install -r requirements.txt") from None
+    example = torch.zeros(2, 3, crop_size, crop_size)  # batch 2: 1 would be specialised
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")  # the exporter's progress and deprecation chatter
+        try:
+            program = torch.onnx.export(pipeline.eval(), (example,), dynamo=True, external_data=False,
+                                        input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
+                                        dynamic_shapes={"x": {0: batch}}, optimize=True, verbose=False)
+        except TypeError as err:  # older torch: no external_data / optimize arguments
+            raise ExportError(f"the ONNX export needs torch >= 2.6 (this is {torch.__version__}): {err}") from None
+    model = program.model_proto
+    entry = model.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, json.dumps(metadata)
+    data = model.SerializeToString()
+    atomic_write_bytes(out, data)
+    return len(data)
+
+
+class OnnxPipeline:
+    """An exported pipeline run by ONNX Runtime: `pipeline(images)` with `images` a
+    normalised `B×3×crop×crop` float32 array or tensor → `(maps B×1×R×R, scores B)` numpy.
+    `metadata`: the settings stored at export; `threads`: ONNX Runtime's intra-op threads."""
+
+    def __init__(self, path: str | Path, device: str = "cpu", threads: int | None = None) -> None:
+        try:
+            import onnxruntime
+        except ImportError as err:
+            raise ExportError(f"--onnx needs the package onnxruntime ({err}); "
+                              "pip install -r requirements.txt") from None
+        available = onnxruntime.get_available_providers()
+        providers = ["CPUExecutionProvider"]
+        if device.startswith("cuda") and "CUDAExecutionProvider" in available:
+            providers.insert(0, "CUDAExecutionProvider")
+        elif device.startswith("cuda"):
+            print("note: this ONNX Runtime has no CUDA provider (pip install onnxruntime-gpu): "
+                  "running on the CPU", file=sys.stderr)
+        try:
+            options = onnxruntime.SessionOptions()
+            if threads is not None:  # else ONNX Runtime's default: one per physical core
+                options.intra_op_num_threads = threads
+            self.session = onnxruntime.InferenceSession(str(path), options, providers=providers)
+        except Exception as err:  # onnxruntime raises its own types for unreadable models
+            raise ExportError(f"--onnx {path}: not an ONNX model ONNX Runtime can load "
+                              f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})") from None
+        props = self.session.get_modelmeta().custom_metadata_map
+        if METADATA_KEY not in props:
+            raise ExportError(f"--onnx {path}: not exported by export.py (no {METADATA_KEY!r} metadata)")
+        self.metadata: dict[str, object] = json.loads(props[METADATA_KEY])
+
+    def __call__(self, images: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        if isinstance(images, torch.Tensor):
+            images = images.detach().cpu().numpy()
+        maps, scores = self.session.run(list(OUTPUT_NAMES), {INPUT_NAME: np.ascontiguousarray(images, np.float32)})
+        return maps, scores

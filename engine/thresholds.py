@@ -1,0 +1,190 @@
+"""OK/NG decision thresholds (issue 12): the F1-max thresholds of an evaluation, pooled ones
+for multi-class models, calibration on normal images, and `thresholds.json`.
+
+The decision is always `anomalous = score > threshold`.
+
+- Per class, from the same sort as the reported metrics (`metrics.binary_metrics_and_threshold`):
+  the image threshold over the class's image scores, the pixel threshold over all its map
+  pixels. `score > threshold` is exactly the partition whose F1 is the reported I-F1 /
+  P-F1 (the threshold sits midway between the lowest score kept and the next one below).
+- Pooled (multi-class models, one model for every class: the threshold to use when the
+  class of an image is not known): the image threshold exactly as above over every class's
+  images; the pixel threshold over every class's pixels from a histogram (holding every
+  pixel of a dataset would take gigabytes): the best of the thresholds at the edges of
+  2^20 bins of the float32 values (relative spacing 2^-11, ≈ 0.05 %), its F1 exact.
+- Calibration (`predict.py --calibrate`): the `quantile` of known-normal images' scores.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from engine.evaluation import EvalMaps
+from engine.fileio import atomic_write_text
+from engine.heatmaps import class_scale
+from engine.metrics import binary_metrics_and_threshold, compute_pro
+
+THRESHOLDS_NAME = "thresholds.json"  # in the run folder, written by every evaluation
+FORMAT = 1  # thresholds.json's layout version
+DECISION = "anomalous = score > threshold"
+_BIN_SHIFT = 12  # float32 keys >> 12: 2^20 bins, 11 mantissa bits kept
+_PIXEL_CHUNK = 1 << 22  # pixels per histogram step (bounds the temporaries to ~50 MB)
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """The thresholds of one class (or pooled): None where not defined (a test set without
+    normal or without anomalous images / pixels). `scale` is the heatmaps' colour scale
+    (min, max over all the maps)."""
+    image: float | None
+    image_f1: float | None
+    pixel: float | None
+    pixel_f1: float | None
+    scale: tuple[float, float]
+    n_normal: int
+    n_anomalous: int
+
+    def as_json(self) -> dict[str, object]:
+        out = asdict(self)
+        out["scale"] = list(self.scale)
+        return out
+
+
+def _f1_max_or_none(y_true: np.ndarray, y_score: np.ndarray) -> tuple[float, float, float, float | None, float | None]:
+    """(AUROC, AP, F1-max, threshold, F1) — nan, nan, nan, None, None when `y_true` holds one
+    class only (as `evaluation.metrics_of`: a ranking metric needs both)."""
+    if y_true.all() or not y_true.any():
+        return math.nan, math.nan, math.nan, None, None
+    auroc, ap, f1, threshold = binary_metrics_and_threshold(y_true, y_score)
+    return auroc, ap, f1, threshold, f1
+
+
+def map_scale(maps: np.ndarray) -> tuple[float, float]:
+    """The heatmaps' colour scale of `maps` (any shape): `heatmaps.class_scale`'s min / max,
+    from two reductions (no float64 copy of a whole test set's maps). The maps are finite:
+    the pixel metrics have refused NaN and infinity already."""
+    return class_scale(np.array([np.min(maps), np.max(maps)], dtype=np.float64))
+
+
+def metrics_and_thresholds(result: EvalMaps) -> tuple[list[float], Thresholds]:
+    """`evaluation.metrics_of(result)` (the same seven values, bit for bit) and the class's
+    thresholds, from one sort of the image scores and one of the pixels."""
+    auroc_sp, ap_sp, f1_sp, image, image_f1 = _f1_max_or_none(result.labels, result.scores)
+    auroc_px, ap_px, f1_px, pixel, pixel_f1 = _f1_max_or_none(result.masks.ravel(), result.maps.ravel())
+    aupro_px = compute_pro(result.masks, result.maps)
+    n_anomalous = int(result.labels.sum())
+    thresholds = Thresholds(image, image_f1, pixel, pixel_f1, map_scale(result.maps),
+                            len(result.labels) - n_anomalous, n_anomalous)
+    return [auroc_sp, ap_sp, f1_sp, auroc_px, ap_px, f1_px, aupro_px], thresholds
+
+
+# ----------------------------------------------------------------------------- pooled
+
+def _keys(values: np.ndarray) -> np.ndarray:
+    """float32 → uint32 keys in the same order (negatives reversed below the positives)."""
+    bits = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32)
+    return np.where(bits & 0x80000000, ~bits, bits | 0x80000000)
+
+
+def _key_value(key: int) -> float:
+    """The float32 value of a key (inverse of `_keys`)."""
+    bits = key & 0x7FFFFFFF if key & 0x80000000 else ~key & 0xFFFFFFFF
+    return float(np.array([bits], dtype=np.uint32).view(np.float32)[0])
+
+
+class PooledThresholds:
+    """Thresholds over every class of a multi-class model, accumulated class by class
+    (`add`), in bounded memory: the image scores, and a histogram of the pixels."""
+
+    def __init__(self) -> None:
+        self.scores: list[np.ndarray] = []
+        self.labels: list[np.ndarray] = []
+        self.pixel_counts = np.zeros((2, 1 << (32 - _BIN_SHIFT)), dtype=np.int64)  # normal, anomalous
+        self.low, self.high = math.inf, -math.inf
+
+    def add(self, result: EvalMaps) -> None:
+        self.scores.append(result.scores.astype(np.float32))
+        self.labels.append(result.labels.astype(bool))
+        maps, masks = result.maps.reshape(-1), result.masks.reshape(-1)
+        for start in range(0, maps.size, _PIXEL_CHUNK):
+            bins = _keys(maps[start:start + _PIXEL_CHUNK]) >> _BIN_SHIFT
+            anomalous = masks[start:start + _PIXEL_CHUNK]
+            for row, part in enumerate((bins[~anomalous], bins[anomalous])):
+                self.pixel_counts[row] += np.bincount(part, minlength=self.pixel_counts.shape[1])
+        low, high = map_scale(result.maps)
+        self.low, self.high = min(self.low, low), max(self.high, high)
+
+    def merge(self, other: PooledThresholds) -> None:
+        """Take over the classes `other` has accumulated."""
+        self.scores += other.scores
+        self.labels += other.labels
+        self.pixel_counts += other.pixel_counts
+        self.low, self.high = min(self.low, other.low), max(self.high, other.high)
+
+    def _pixel_threshold(self) -> tuple[float | None, float | None]:
+        """The best bin edge `b` (pixels in bins ≥ b anomalous) and its exact F1, as the
+        threshold just below the bin's lowest value."""
+        normal, anomalous = self.pixel_counts
+        n_pos = int(anomalous.sum())
+        if n_pos == 0 or int(normal.sum()) == 0:
+            return None, None
+        tp = anomalous[::-1].cumsum()[::-1]  # pixels in bins >= b
+        fp = normal[::-1].cumsum()[::-1]
+        candidates = np.flatnonzero(anomalous)  # where the recall changes (as for exact F1)
+        precision = tp[candidates] / (tp[candidates] + fp[candidates])
+        recall = tp[candidates] / n_pos
+        f1 = 2 * precision * recall / (precision + recall + 1e-7)
+        best = int(f1.argmax())
+        edge = int(candidates[best]) << _BIN_SHIFT  # the lowest key of the bin
+        return _key_value(max(edge - 1, 0)), float(f1[best])
+
+    def result(self) -> Thresholds:
+        scores, labels = np.concatenate(self.scores), np.concatenate(self.labels)
+        _, _, _, image, image_f1 = _f1_max_or_none(labels, scores)
+        pixel, pixel_f1 = self._pixel_threshold()
+        n_anomalous = int(labels.sum())
+        return Thresholds(image, image_f1, pixel, pixel_f1, (self.low, self.high),
+                          len(labels) - n_anomalous, n_anomalous)
+
+
+# ----------------------------------------------------------------------------- calibration
+
+def calibrated_threshold(scores: np.ndarray, quantile: float) -> float:
+    """The `quantile` (in (0, 1]) of normal images' scores (numpy's linear interpolation):
+    about `1 - quantile` of such images come out anomalous (`score > threshold`)."""
+    if not 0 < quantile <= 1:
+        raise ValueError(f"quantile {quantile} is not in (0, 1]")
+    return float(np.quantile(np.asarray(scores, dtype=np.float64), quantile))
+
+
+# ----------------------------------------------------------------------------- thresholds.json
+
+def update_thresholds_file(path: Path, entries: dict[str, dict[str, object]],
+                           pooled: dict[str, object] | None, settings: dict[str, object]) -> None:
+    """Write `thresholds.json` atomically: the classes of `entries` replace theirs, others
+    stay (a class-separated run evaluates one class at a time); `pooled` replaces the
+    pooled entry when given. Each entry: `Thresholds.as_json()` plus the iteration and the
+    checkpoint it belongs to."""
+    data: dict[str, object] = {"classes": {}}
+    if path.is_file():
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            data = {"classes": {}}  # unreadable: rewritten whole
+    classes = {**data.get("classes", {}), **entries}
+    data = {"format": FORMAT, "decision": DECISION, **settings, "classes": classes,
+            **({"pooled": pooled} if pooled is not None else
+               {"pooled": data["pooled"]} if "pooled" in data else {})}
+    atomic_write_text(path, json.dumps(data, indent=2, allow_nan=False) + "\n")
+
+
+def read_thresholds(path: Path) -> dict[str, object]:
+    """thresholds.json as written by `update_thresholds_file`; ValueError if it is not one."""
+    data = json.loads(path.read_text())
+    if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("classes"), dict):
+        raise ValueError(f"{path} is not a thresholds.json of this version")
+    return data
