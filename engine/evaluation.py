@@ -5,8 +5,9 @@ the Gaussian blur, and the seven metrics of a test set.
     # [auroc_sp, ap_sp, f1_sp, auroc_px, ap_px, f1_px, aupro_px]
 
 `collect_maps` is the first half (maps, masks, image scores of a whole test set, in
-preallocated arrays) for tools that need the maps themselves, e.g. heatmaps;
-`metrics_of` is the second half.
+preallocated arrays, each batch through `AnomalyPipeline`, which predict and the ONNX
+export run too) for tools that need the maps themselves, e.g. heatmaps; `metrics_of` is
+the second half.
 """
 from __future__ import annotations
 
@@ -96,6 +97,34 @@ def image_scores(anomaly_map: torch.Tensor, max_ratio: float) -> torch.Tensor:
     return top.mean(dim=1)
 
 
+class AnomalyPipeline(nn.Module):
+    """`forward(x)`: normalised images `B×3×H×W` (H = W = the run's crop) →
+    `(anomaly map B×1×R×R, image score B)`.
+
+    The evaluation's steps (spec §5): per feature group `1 − cos(en, de)`, bilinear upsampling
+    to the input size (align_corners=True), mean over groups; bilinear resize to R
+    (align_corners=False; none when `resolution` is None); Gaussian blur (5, σ 4, zero
+    padding); score = mean of the top `int(R·R·max_ratio)` values (the max when 0).
+    """
+
+    def __init__(self, model: nn.Module, resolution: int | None = 256, max_ratio: float = 0.01) -> None:
+        super().__init__()
+        self.model = model
+        self.resolution = resolution
+        self.max_ratio = max_ratio
+        # one Conv2d construction: one draw of the CPU generator, as the reference's evaluation
+        self.blur = get_gaussian_kernel(kernel_size=5, sigma=4)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        en, de = self.model(x)
+        anomaly_map, _ = cal_anomaly_maps(en, de, x.shape[-1])  # B, 1, H, W
+        if self.resolution is not None:
+            anomaly_map = F.interpolate(anomaly_map, size=self.resolution, mode="bilinear",
+                                        align_corners=False)  # B, 1, R, R
+        anomaly_map = self.blur(anomaly_map)
+        return anomaly_map, image_scores(anomaly_map, self.max_ratio)
+
+
 def collect_maps(model: nn.Module, dataloader: DataLoader, device: torch.device | str,
                  max_ratio: float = 0, resize_mask: int | tuple[int, int] | None = None,
                  gt_threshold: float = 0.0, allow_empty: bool = False) -> EvalMaps:
@@ -111,7 +140,8 @@ def collect_maps(model: nn.Module, dataloader: DataLoader, device: torch.device 
     a split evaluation) gives 0 images, after the same random draws.
     """
     model.eval()
-    gaussian_kernel = get_gaussian_kernel(kernel_size=5, sigma=4).to(device)
+    pipeline = AnomalyPipeline(model, resize_mask, max_ratio)
+    pipeline.blur.to(device)  # the model stays where it is
     n_total = len(dataloader.dataset)
     maps = masks = scores = labels = None
     paths: list[str] = []
@@ -119,12 +149,9 @@ def collect_maps(model: nn.Module, dataloader: DataLoader, device: torch.device 
     with torch.no_grad():
         for img, gt, label, img_path in dataloader:
             img = img.to(device)
-            en, de = model(img)
-            anomaly_map, _ = cal_anomaly_maps(en, de, img.shape[-1])
+            anomaly_map, score = pipeline(img)  # B, 1, H, W and B
             if resize_mask is not None:
-                anomaly_map = F.interpolate(anomaly_map, size=resize_mask, mode="bilinear", align_corners=False)
                 gt = F.interpolate(gt, size=resize_mask, mode="nearest")
-            anomaly_map = gaussian_kernel(anomaly_map)  # B, 1, H, W
             mask = (gt > gt_threshold).any(dim=1)  # B, H, W
 
             if maps is None:  # sizes are known from the first batch
@@ -136,7 +163,7 @@ def collect_maps(model: nn.Module, dataloader: DataLoader, device: torch.device 
             batch = slice(seen, seen + img.shape[0])
             maps[batch] = anomaly_map[:, 0].cpu().numpy()
             masks[batch] = mask.cpu().numpy()
-            scores[batch] = image_scores(anomaly_map, max_ratio).cpu().numpy()
+            scores[batch] = score.cpu().numpy()
             labels[batch] = label.flatten().cpu().numpy() != 0
             paths.extend(img_path)
             seen += img.shape[0]

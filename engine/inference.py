@@ -6,8 +6,8 @@ or a bare `model.pth`.
     pipeline = AnomalyPipeline(model, resolution=256, max_ratio=0.01).eval()
     maps, scores = pipeline(images)          # B×1×256×256, B
 
-`engine.evaluation.collect_maps` computes the same per batch (the tests hold the two equal
-bit for bit); the pipeline is what predict runs and what `engine.onnx_export` exports.
+`AnomalyPipeline` lives in `engine.evaluation` (whose `collect_maps` runs it per batch) and
+is re-exported here: it is what predict runs and what `engine.onnx_export` exports.
 """
 from __future__ import annotations
 
@@ -16,41 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 import models
 from engine.checks import CheckError
-from engine.evaluation import cal_anomaly_maps, get_gaussian_kernel, image_scores
+from engine.evaluation import AnomalyPipeline  # noqa: F401  (the pipeline, re-exported)
 from engine.thresholds import THRESHOLDS_NAME
-
-
-class AnomalyPipeline(nn.Module):
-    """`forward(x)`: normalised images `B×3×H×W` (H = W = the run's crop) →
-    `(anomaly map B×1×R×R, image score B)`.
-
-    The evaluation's steps (spec §5): per feature group `1 − cos(en, de)`, bilinear upsampling
-    to the input size (align_corners=True), mean over groups; bilinear resize to R
-    (align_corners=False; none when `resolution` is None); Gaussian blur (5, σ 4, zero
-    padding); score = mean of the top `int(R·R·max_ratio)` values (the max when 0).
-    """
-
-    def __init__(self, model: nn.Module, resolution: int | None = 256, max_ratio: float = 0.01) -> None:
-        super().__init__()
-        self.model = model
-        self.resolution = resolution
-        self.max_ratio = max_ratio
-        # built as the evaluation builds it (one draw of the CPU generator, then overwritten)
-        self.blur = get_gaussian_kernel(kernel_size=5, sigma=4)
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        en, de = self.model(x)
-        anomaly_map, _ = cal_anomaly_maps(en, de, x.shape[-1])  # B, 1, H, W
-        if self.resolution is not None:
-            anomaly_map = F.interpolate(anomaly_map, size=self.resolution, mode="bilinear",
-                                        align_corners=False)  # B, 1, R, R
-        anomaly_map = self.blur(anomaly_map)
-        return anomaly_map, image_scores(anomaly_map, self.max_ratio)
 
 
 @dataclass(frozen=True)
