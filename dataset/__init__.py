@@ -17,7 +17,7 @@ says what to do.
 from .checks import check_mask_sizes, image_paths
 from .classes import MPDD_CLASSES, MVTEC_CLASSES, REALIAD_CLASSES, VISA_CLASSES
 from .errors import DatasetError
-from .folders import IMAGE_EXTENSIONS, discover_classes
+from .folders import IMAGE_EXTENSIONS, discover_classes, is_hidden, is_image_name
 from .images import READABLE_MODES, check_images, load_mask, load_rgb
 from .mvtec import MVTecDataset, mvtec_train_set
 from .realiad import RealIADDataset
@@ -28,5 +28,6 @@ __all__ = [
     "DatasetError", "MVTEC_CLASSES", "VISA_CLASSES", "REALIAD_CLASSES", "MPDD_CLASSES",
     "get_data_transforms", "split_resize", "SharedCache", "MVTecDataset", "RealIADDataset",
     "mvtec_train_set", "discover_classes", "check_images", "check_mask_sizes", "image_paths",
-    "load_rgb", "load_mask", "IMAGE_EXTENSIONS", "READABLE_MODES", "IMAGENET_MEAN", "IMAGENET_STD",
+    "load_rgb", "load_mask", "IMAGE_EXTENSIONS", "is_image_name", "is_hidden", "READABLE_MODES",
+    "IMAGENET_MEAN", "IMAGENET_STD",
 ]

@@ -32,25 +32,25 @@ def _require_class_folder(root: Path) -> None:
                        f"against the folders in {root.parent}")
 
 
-def _is_hidden(name: str) -> bool:
+def is_hidden(name: str) -> bool:
     """``.DS_Store``, macOS ``._000.png``, ``.ipynb_checkpoints``: never read."""
     return name.startswith(".")
 
 
-def _is_image_name(name: str) -> bool:
+def is_image_name(name: str) -> bool:
     """ImageFolder's rule: one of ``IMAGE_EXTENSIONS``, any case; and not hidden."""
-    return not _is_hidden(name) and name.lower().endswith(IMAGE_EXTENSIONS)
+    return not is_hidden(name) and name.lower().endswith(IMAGE_EXTENSIONS)
 
 
 def _files(folder: Path) -> list[str]:
-    """Sorted joined path strings of the image files in ``folder`` (``_is_image_name``)."""
+    """Sorted joined path strings of the image files in ``folder`` (``is_image_name``)."""
     return sorted(os.path.join(folder, name) for name in os.listdir(folder)
-                  if _is_image_name(name) and os.path.isfile(os.path.join(folder, name)))
+                  if is_image_name(name) and os.path.isfile(os.path.join(folder, name)))
 
 
 def _subfolders(folder: Path) -> list[str]:
     """Sorted names of the folders in ``folder``, hidden ones skipped."""
-    return sorted(d.name for d in folder.iterdir() if d.is_dir() and not _is_hidden(d.name))
+    return sorted(d.name for d in folder.iterdir() if d.is_dir() and not is_hidden(d.name))
 
 
 def discover_classes(root: str | os.PathLike) -> list[str]:

@@ -12,7 +12,7 @@ from torchvision.datasets import ImageFolder
 from .base import _AnomalyDataset
 from .cache import _CachedImages
 from .errors import DatasetError
-from .folders import (IMAGE_EXTENSIONS, _files, _is_hidden, _is_image_name, _pair_masks,
+from .folders import (IMAGE_EXTENSIONS, _files, is_hidden, is_image_name, _pair_masks,
                       _require_class_folder, _require_dir, _subfolders)
 from .images import load_rgb
 from .shared_cache import SharedCache
@@ -84,10 +84,10 @@ class MVTecDataset(_AnomalyDataset):
 
 
 def _visible_image(path: str, root: str) -> bool:
-    """ImageFolder's ``is_valid_file``: an image name (``_is_image_name``) with no hidden folder
+    """ImageFolder's ``is_valid_file``: an image name (``is_image_name``) with no hidden folder
     between ``root`` and it (ImageFolder walks sub-folders)."""
     parts = os.path.relpath(path, root).split(os.sep)
-    return _is_image_name(parts[-1]) and not any(_is_hidden(part) for part in parts[:-1])
+    return is_image_name(parts[-1]) and not any(is_hidden(part) for part in parts[:-1])
 
 
 class _VisibleImageFolder(ImageFolder):

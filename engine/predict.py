@@ -74,15 +74,14 @@ def list_images(spec: str, flag: str) -> tuple[list[Path], Path]:
     if path.is_dir():
         files = []
         for root, dirs, names in os.walk(path):
-            dirs[:] = [d for d in dirs if not d.startswith(".")]  # not walked into
-            files += [Path(root, n) for n in names
-                      if not n.startswith(".") and n.lower().endswith(dataset.IMAGE_EXTENSIONS)]
+            dirs[:] = [d for d in dirs if not dataset.is_hidden(d)]  # not walked into
+            files += [Path(root, n) for n in names if dataset.is_image_name(n)]
         base = path
     elif path.is_file():
         files, base = [path], path.parent
     elif glob.has_magic(spec):
         files = [Path(f) for f in glob.glob(spec, recursive=True)
-                 if os.path.isfile(f) and f.lower().endswith(dataset.IMAGE_EXTENSIONS)]
+                 if os.path.isfile(f) and dataset.is_image_name(os.path.basename(f))]
         base = Path(os.path.commonpath([f.parent for f in files])) if files else Path(".")
     else:
         raise dataset.DatasetError(f"{flag} {spec}: no such file or folder")
