@@ -29,14 +29,20 @@ class LinearAttention2(nn.Module):
     """Linear attention, `(B, N, C) -> (B, N, C)`.
 
     Per head, with `q' = elu(q) + 1`, `k' = elu(k) + 1`:
-    `out_i = q'_i · (Σ_j k'_j v_jᵀ) / (q'_i · Σ_j k'_j)`, then the output projection.
+    `out_i = q'_i · (Σ_j k'_j v_jᵀ) / (q'_i · Σ_j k'_j + eps)`, then the output projection.
     No softmax, no scale: the attention stays "unfocused" (paper §3.3), which keeps the
     decoder from copying the identity mapping.
+
+    `eps` is added once to the scalar denominator (Dinomaly2's guard against an exact
+    zero; its scripts use 1e-8). The default 0 is Dinomaly's: no addition at all, so the
+    computation is the reference's operation for operation.
     """
 
-    def __init__(self, dim: int, num_heads: int = 8, qkv_bias: bool = False) -> None:
+    def __init__(self, dim: int, num_heads: int = 8, qkv_bias: bool = False,
+                 eps: float = 0.0) -> None:
         super().__init__()
         self.num_heads = num_heads
+        self.eps = eps
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
 
@@ -50,7 +56,10 @@ class LinearAttention2(nn.Module):
             k = F.elu(k.float()) + 1.0
             v = v.float()
             kv = torch.einsum("...sd,...se->...de", k, v)  # B, heads, hd, hd: Σ_j k'_j v_jᵀ
-            z = 1.0 / torch.einsum("...sd,...d->...s", q, k.sum(dim=-2))  # B, heads, N
+            denominator = torch.einsum("...sd,...d->...s", q, k.sum(dim=-2))  # B, heads, N
+            if self.eps:
+                denominator = denominator + self.eps
+            z = 1.0 / denominator
             x = torch.einsum("...de,...sd,...s->...se", kv, q, z)  # B, heads, N, hd
         x = merge_heads(x)  # B, heads, N, hd -> B, N, C
         x = self.proj(x)
@@ -64,10 +73,10 @@ class Block(nn.Module):
     """Pre-norm decoder block, `(B, N, C) -> (B, N, C)`; no LayerScale, no drop path."""
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = True,
-                 norm_eps: float = 1e-8) -> None:
+                 norm_eps: float = 1e-8, attn_eps: float = 0.0) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
-        self.attn = LinearAttention2(dim, num_heads, qkv_bias=qkv_bias)
+        self.attn = LinearAttention2(dim, num_heads, qkv_bias=qkv_bias, eps=attn_eps)
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 

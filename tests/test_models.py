@@ -28,6 +28,24 @@ def test_linear_attention_equals_quadratic_form():
     assert torch.allclose(attn(x), expected, rtol=1e-5, atol=1e-6)
 
 
+def test_linear_attention_eps_is_added_once_to_the_denominator():
+    """eps (Dinomaly2: 1e-8) enters once, added to q'·Σk' before the reciprocal; eps 0 (the
+    default, Dinomaly) adds nothing."""
+    torch.manual_seed(0)
+    plain = LinearAttention2(48, num_heads=4, qkv_bias=True)
+    guarded = LinearAttention2(48, num_heads=4, qkv_bias=True, eps=0.25)
+    guarded.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 11, 48)
+    q, k, v = plain.qkv(x).reshape(2, 11, 3, 4, 12).permute(2, 0, 3, 1, 4)
+    q, k = F.elu(q) + 1, F.elu(k) + 1
+    kv = k.transpose(-2, -1) @ v  # heads: hd × hd
+    denominator = (q * k.sum(-2, keepdim=True)).sum(-1, keepdim=True)  # B, heads, N, 1
+    expected = plain.proj(((q @ kv) / (denominator + 0.25)).transpose(1, 2).reshape(2, 11, 48))
+    assert torch.allclose(guarded(x), expected, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(guarded(x), plain(x), rtol=1e-5, atol=1e-6)
+    assert Block(48, 4, attn_eps=1e-8).attn.eps == 1e-8 and Block(48, 4).attn.eps == 0.0
+
+
 def test_decoder_block_is_pre_norm_residual():
     torch.manual_seed(0)
     blk = Block(32, 4)
