@@ -313,7 +313,7 @@ def test_persistent_workers_keep_the_batches_and_generator(data, tmp_path):
     assert torch.equal(ours[1], theirs[1])
 
 
-def test_tf32_flag(tmp_path, monkeypatch):
+def test_tf32_flag(tmp_path):
     """--tf32: a Config field and flag, in config.json and the log line, free on --resume,
     applied both ways by setup_training (the default is full fp32)."""
     cfg = parse_args(Config(), ["--tf32"])
@@ -322,8 +322,13 @@ def test_tf32_flag(tmp_path, monkeypatch):
     assert json.loads((tmp_path / "config.json").read_text())["tf32"] is True
     assert speed_options(cfg, 1) == ", tf32"
     assert "tf32" in training_state.RESUME_FREE and "compile" in training_state.RESUME_FREE
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
-    engine.step.set_tf32(True)
-    assert torch.backends.cuda.matmul.allow_tf32
-    engine.step.set_tf32(False)
-    assert not torch.backends.cuda.matmul.allow_tf32
+    # the process-wide setting, restored afterwards by hand: on recent CUDA builds of torch
+    # `allow_tf32` is a computed attribute that monkeypatch cannot put back
+    before = torch.backends.cuda.matmul.allow_tf32
+    try:
+        engine.step.set_tf32(True)
+        assert torch.backends.cuda.matmul.allow_tf32
+        engine.step.set_tf32(False)
+        assert not torch.backends.cuda.matmul.allow_tf32
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before
