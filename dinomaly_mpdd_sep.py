@@ -7,7 +7,8 @@ Each class is trained from the same seed; the run ends with every class's line a
 Edit the settings below, or override any of them on the command line (--help).
 """
 from dataset import MPDD_CLASSES
-from engine.cli import Config, main
+from engine.cli import main
+from recipes.dinomaly import Config
 
 config = Config(
     # data

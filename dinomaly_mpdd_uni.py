@@ -7,7 +7,8 @@ class-separated dinomaly_mpdd_sep.py): this is the same recipe in the multi-clas
 Edit the settings below, or override any of them on the command line (--help).
 """
 from dataset import MPDD_CLASSES
-from engine.cli import Config, main
+from engine.cli import main
+from recipes.dinomaly import Config
 
 config = Config(
     # data

@@ -1,4 +1,4 @@
-"""Dinomaly on MVTec AD, class-separated: a fresh model per class (spec §4).
+"""Dinomaly on MVTec AD, class-separated: a fresh model per class.
 
     python dinomaly_mvtec_sep.py --data_path ../mvtec_anomaly_detection
 
@@ -6,7 +6,8 @@ Each class is trained from the same seed; the run ends with every class's line a
 Edit the settings below, or override any of them on the command line (--help).
 """
 from dataset import MVTEC_CLASSES
-from engine.cli import Config, main
+from engine.cli import main
+from recipes.dinomaly import Config
 
 config = Config(
     # data

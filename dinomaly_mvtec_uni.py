@@ -1,4 +1,4 @@
-"""Dinomaly on MVTec AD, multi-class: one model for all 15 classes (spec §4).
+"""Dinomaly on MVTec AD, multi-class: one model for all 15 classes.
 
     python dinomaly_mvtec_uni.py --data_path ../mvtec_anomaly_detection
     python dinomaly_mvtec_uni.py --demo    # generated data, a few minutes on a CPU (see --help)
@@ -6,7 +6,8 @@
 Edit the settings below, or override any of them on the command line (--help).
 """
 from dataset import MVTEC_CLASSES
-from engine.cli import Config, main
+from engine.cli import main
+from recipes.dinomaly import Config
 
 config = Config(
     # data

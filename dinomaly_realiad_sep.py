@@ -1,4 +1,4 @@
-"""Dinomaly on Real-IAD, class-separated: a fresh model per category (spec §4).
+"""Dinomaly on Real-IAD, class-separated: a fresh model per category.
 
     python dinomaly_realiad_sep.py --data_path ../Real-IAD
 
@@ -6,7 +6,8 @@ Each category is trained from the same seed; the run ends with every category's 
 Edit the settings below, or override any of them on the command line (--help).
 """
 from dataset import REALIAD_CLASSES
-from engine.cli import Config, main
+from engine.cli import main
+from recipes.dinomaly import Config
 
 config = Config(
     # data

@@ -1,11 +1,12 @@
-"""Dinomaly on Real-IAD, multi-class: one model for all 30 categories (spec §4).
+"""Dinomaly on Real-IAD, multi-class: one model for all 30 categories.
 
     python dinomaly_realiad_uni.py --data_path ../Real-IAD
 
 Edit the settings below, or override any of them on the command line (--help).
 """
 from dataset import REALIAD_CLASSES
-from engine.cli import Config, main
+from engine.cli import main
+from recipes.dinomaly import Config
 
 config = Config(
     # data

@@ -1,4 +1,4 @@
-"""Dinomaly on VisA, class-separated: a fresh model per class (spec §4).
+"""Dinomaly on VisA, class-separated: a fresh model per class.
 
     python prepare_data/prepare_visa.py --split-type 1cls --data-folder ../VisA --save-folder ../VisA_pytorch
     python dinomaly_visa_sep.py --data_path ../VisA_pytorch/1cls
@@ -7,7 +7,8 @@ Each class is trained from the same seed; the run ends with every class's line a
 Edit the settings below, or override any of them on the command line (--help).
 """
 from dataset import VISA_CLASSES
-from engine.cli import Config, main
+from engine.cli import main
+from recipes.dinomaly import Config
 
 config = Config(
     # data

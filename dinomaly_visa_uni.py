@@ -1,4 +1,4 @@
-"""Dinomaly on VisA, multi-class: one model for all 12 classes (spec §4).
+"""Dinomaly on VisA, multi-class: one model for all 12 classes.
 
     python prepare_data/prepare_visa.py --split-type 1cls --data-folder ../VisA --save-folder ../VisA_pytorch
     python dinomaly_visa_uni.py --data_path ../VisA_pytorch/1cls
@@ -6,7 +6,8 @@
 Edit the settings below, or override any of them on the command line (--help).
 """
 from dataset import VISA_CLASSES
-from engine.cli import Config, main
+from engine.cli import main
+from recipes.dinomaly import Config
 
 config = Config(
     # data

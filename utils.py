@@ -1,7 +1,7 @@
-"""Training utilities of Dinomaly (losses, schedule, seeding) and, re-exported under the
-reference's names, the optimizer (`StableAdamW`, from `engine.stable_adamw`, where its
-flat-buffer step lives) and the evaluation API (anomaly maps, metrics, evaluation, from
-`engine.evaluation` and `engine.metrics`).
+"""Training utilities of Dinomaly (losses, schedule, seeding), its evaluation
+(`evaluation_batch`) and, under the reference's names, the anomaly maps (from
+`recipes.anomaly_map`), the optimizer (`StableAdamW`, from `engine.stable_adamw`, where its
+flat-buffer step lives) and the metrics (from `engine.metrics`).
 """
 import random
 from functools import partial
@@ -10,12 +10,16 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
+from torch.utils.data import DataLoader
 
-from engine.evaluation import cal_anomaly_maps, evaluation_batch, get_gaussian_kernel  # noqa: F401
+from engine.evaluation import metrics_of
+from engine.maps import collect_maps
 from engine.metrics import compute_pro, f1_score_max  # noqa: F401
 from engine.stable_adamw import StableAdamW  # noqa: F401
+from recipes.anomaly_map import AnomalyPipeline, cal_anomaly_maps, get_gaussian_kernel  # noqa: F401
 
 
 def setup_seed(seed: int, cudnn_benchmark: bool = False) -> None:
@@ -121,3 +125,20 @@ class WarmCosineScheduler(LRScheduler):
         if self.last_epoch >= self.total_iters:
             return [self.final_value for _ in self.base_lrs]
         return [float(self.schedule[self.last_epoch]) for _ in self.base_lrs]
+
+
+# ------------------------------------------------------------------------------ evaluation
+
+def evaluation_batch(model: nn.Module, dataloader: DataLoader, device: torch.device | str,
+                     _class_: str | None = None, max_ratio: float = 0,
+                     resize_mask: int | tuple[int, int] | None = None,
+                     gt_threshold: float = 0.0) -> list[float]:
+    """The reference's evaluation of one test set of `(img, gt, label, img_path)` batches:
+    `[auroc_sp, ap_sp, f1_sp, auroc_px, ap_px, f1_px, aupro_px]` as Python floats (nan where
+    a metric is not defined, where the reference fails). Maps: `AnomalyPipeline(model,
+    resize_mask, max_ratio)`; masks nearest-resized to `resize_mask`, anomalous where
+    `> gt_threshold` (the reference: 0). `_class_` is unused, kept for the reference's
+    signature. The reference calls it with `max_ratio=0.01, resize_mask=256`."""
+    model.eval()
+    pipeline = AnomalyPipeline(model, resize_mask, max_ratio)
+    return metrics_of(collect_maps(pipeline, dataloader, device, resize_mask, gt_threshold))

@@ -31,7 +31,8 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
-from engine.evaluation import EvalMaps, metrics_of  # noqa: E402
+from engine.evaluation import metrics_of  # noqa: E402
+from engine.maps import EvalMaps  # noqa: E402
 from engine.metrics import binary_metrics, compute_pro  # noqa: E402
 from oracles import reference_f1_max, reference_pro  # noqa: E402
 

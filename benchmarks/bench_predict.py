@@ -32,7 +32,7 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 import models  # noqa: E402
-from engine.inference import AnomalyPipeline  # noqa: E402
+from engine.model_source import AnomalyPipeline  # noqa: E402
 from engine.onnx_export import OnnxPipeline, export_onnx  # noqa: E402
 from engine.predict import batches  # noqa: E402
 

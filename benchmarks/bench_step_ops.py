@@ -1,4 +1,4 @@
-"""Launch overhead and host waits of one training step, measured on any machine (issue 10):
+"""Launch overhead and host waits of one training step, measured on any machine:
 profiler counts of aten operators (each one at least one kernel launch on a GPU) and of the
 operators that make the host wait for the GPU, for the optimizer step and for a whole
 training step, before (per-tensor StableAdamW, the reference's boolean-indexing hook) and
@@ -24,7 +24,7 @@ from torch.overrides import TorchFunctionMode  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
 import utils  # noqa: E402
-from engine.config import Config  # noqa: E402
+from recipes.dinomaly import Config  # noqa: E402
 from engine.step import setup_training, train_step  # noqa: E402
 from engine.flat_buffers import FlatGroup  # noqa: E402
 
@@ -32,7 +32,7 @@ HOST = {"item", "tolist", "numpy", "cpu", "__bool__", "__float__", "__int__"}
 
 
 def reference_hook(grad: torch.Tensor, inds: torch.Tensor, factor: float = 0.0) -> torch.Tensor:
-    """The hook before issue 10: boolean indexing (two nonzero per call)."""
+    """The reference's hook: boolean indexing (two nonzero per call)."""
     inds = inds.expand_as(grad)
     grad = grad.clone()
     grad[inds] *= factor

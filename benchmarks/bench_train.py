@@ -24,7 +24,7 @@ compilation; torch's on-disk compile cache makes later runs' shorter), the time 
 such iterations take (the paper's MVTec schedule), peak GPU memory
 (`max_memory_allocated`) or the main process's peak RSS, the image-cache build time, and
 with `--eval_images N` the evaluation throughput of the model: the anomaly maps
-(`evaluation.collect_maps`) of about N test images spread over the classes, decoded into
+(`maps.collect_maps`) of about N test images spread over the classes, decoded into
 memory beforehand (no PNG decoding, no loader start-up, no metrics), the second of two
 passes; timed once per attention / compile / tf32 combination (amp and the training-image
 cache do not change the evaluation).
@@ -51,10 +51,11 @@ import torch  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
 import utils  # noqa: E402
-from engine import evaluation  # noqa: E402
-from engine.config import Config  # noqa: E402
+from engine.maps import collect_maps  # noqa: E402
+from recipes.dinomaly import Config  # noqa: E402
 from engine.data import build_datasets, make_train_loader  # noqa: E402
 from engine.step import setup_training, train_step  # noqa: E402
+from recipes import recipe_of  # noqa: E402
 
 OPTIONS = {  # configuration token -> Config fields
     "explicit": {"fused_attn": False},
@@ -155,13 +156,13 @@ def eval_rate(model: torch.nn.Module, test_sets: dict, cfg: Config, device: torc
     part), on batches decoded beforehand; the second of two passes (the first compiles)."""
     preloaded = [Preloaded(DataLoader(s, batch_size=cfg.batch_size, num_workers=cfg.num_workers))
                  for s in test_sets.values()]
-    kw = dict(max_ratio=cfg.max_ratio, resize_mask=cfg.eval_resolution)
+    pipeline = recipe_of(cfg).pipeline(model, cfg)
     for batches in preloaded:  # warm-up (and compilation of the eval variants)
-        evaluation.collect_maps(model, batches, device, **kw)
+        collect_maps(pipeline, batches, device, cfg.eval_resolution)
     synchronize(device)
     start = time.perf_counter()
     for batches in preloaded:
-        evaluation.collect_maps(model, batches, device, **kw)
+        collect_maps(pipeline, batches, device, cfg.eval_resolution)
     synchronize(device)
     return sum(len(b.dataset) for b in preloaded) / (time.perf_counter() - start)
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU checks of issues 5 and 10 in one command, on a fresh GPU machine after
+# The GPU checks of the speed options and fast paths in one command, on a fresh GPU machine after
 # `pip install -r requirements.txt` (no download, writes only to temporary folders):
 #
 #     bash benchmarks/gpu_bench.sh              # about 15 minutes on an H100-class GPU
@@ -16,7 +16,7 @@
 #    compiled ones last with a budget for a cold compile: one that fails, cannot compile or
 #    runs out of time is reported in the table and the others still run.
 # The last lines are a block to paste into BENCHMARKS.md (table, 10k-iteration times, the
-# test summary). Targets (issue 10): bf16+cache+compile >= 3x faithful; 10k iterations in
+# test summary). Targets: bf16+cache+compile >= 3x faithful; 10k iterations in
 # under 10 minutes.
 set -uo pipefail
 cd "$(dirname "$0")/.."

@@ -1,4 +1,4 @@
-"""Datasets and transforms of Dinomaly (spec §1), with the reference's public names
+"""Datasets and transforms of Dinomaly, with the reference's public names
 (`from dataset import MVTecDataset` as in the reference; one building block per file).
 
 Layouts:
@@ -19,6 +19,8 @@ from .classes import MPDD_CLASSES, MVTEC_CLASSES, REALIAD_CLASSES, VISA_CLASSES
 from .errors import DatasetError
 from .folders import IMAGE_EXTENSIONS, discover_classes, is_hidden, is_image_name
 from .images import READABLE_MODES, check_images, load_mask, load_rgb
+from .layouts import (DATASETS, MVTEC_LAYOUT, REALIAD_LAYOUT, DatasetSpec, Layout, dataset_spec,
+                      realiad_categories, register_dataset)
 from .mvtec import MVTecDataset, mvtec_train_set
 from .realiad import RealIADDataset
 from .shared_cache import SharedCache
@@ -29,5 +31,18 @@ __all__ = [
     "get_data_transforms", "split_resize", "SharedCache", "MVTecDataset", "RealIADDataset",
     "mvtec_train_set", "discover_classes", "check_images", "check_mask_sizes", "image_paths",
     "load_rgb", "load_mask", "IMAGE_EXTENSIONS", "is_image_name", "is_hidden", "READABLE_MODES",
-    "IMAGENET_MEAN", "IMAGENET_STD",
+    "IMAGENET_MEAN", "IMAGENET_STD", "DATASETS", "DatasetSpec", "Layout", "MVTEC_LAYOUT",
+    "REALIAD_LAYOUT", "dataset_spec", "realiad_categories", "register_dataset",
 ]
+
+
+def _register_all() -> None:
+    """Import every module of the package: a module that registers a dataset
+    (`layouts.register_dataset`) is registered by being here (a new layout is a new file)."""
+    import importlib
+    import pkgutil
+    for module in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{module.name}")
+
+
+_register_all()

@@ -1,4 +1,4 @@
-"""`--cache_images`: each image decoded and resized once, kept in RAM as uint8 (issue 5);
+"""`--cache_images`: each image decoded and resized once, kept in RAM as uint8;
 under torchrun one copy per machine (`shared_cache.SharedCache`, passed as `cache_images`)."""
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from .transforms import split_resize
 
 
 class _ResizedCache:
-    """Each image decoded and resized once, kept as uint8 ``H × W × 3`` arrays (issue 5):
+    """Each image decoded and resized once, kept as uint8 ``H × W × 3`` arrays:
     this process's own list, or with `shared` one ``N × H × W × 3`` array per machine."""
 
     def __init__(self, paths: Sequence[str], resize: transforms.Resize,

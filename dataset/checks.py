@@ -5,37 +5,60 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
-from torch.utils.data import ConcatDataset, Dataset
+from torch.utils.data import ConcatDataset, Dataset, Subset
 
-from .base import _AnomalyDataset
 from .images import _IO_THREADS, _header_size, _size_mismatch
-from .mvtec import MVTecDataset
-from .realiad import RealIADDataset
+
+
+def _unknown(dataset: Dataset, what: str) -> TypeError:
+    """A dataset type that does not say which files it reads: a programming error."""
+    return TypeError(f"{what} does not know the dataset type {type(dataset).__name__}: give it "
+                     "`img_paths` and `gt_paths` lists (None for an image without a mask), a "
+                     "`samples` list of (path, label), or a `files()` method")
+
+
+def _leaves(dataset: Dataset) -> list[Dataset]:
+    """The datasets that hold files, inside ``ConcatDataset``s and ``Subset``s."""
+    if isinstance(dataset, ConcatDataset):
+        return [leaf for d in dataset.datasets for leaf in _leaves(d)]
+    if isinstance(dataset, Subset):
+        return _leaves(dataset.dataset)
+    return [dataset]
+
+
+def _has_lists(dataset: Dataset) -> bool:
+    return hasattr(dataset, "img_paths") and hasattr(dataset, "gt_paths")
 
 
 def image_paths(dataset: Dataset) -> list[str]:
-    """Every image and mask file ``dataset`` reads (for ``check_images``).
-
-    Understands this module's datasets, torchvision ``ImageFolder`` and ``ConcatDataset``s of them.
-    """
-    if isinstance(dataset, ConcatDataset):
-        return [p for d in dataset.datasets for p in image_paths(d)]
-    if isinstance(dataset, (MVTecDataset, RealIADDataset)):
-        return list(dataset.img_paths) + [p for p in dataset.gt_paths if p is not None]
-    if hasattr(dataset, "samples"):  # ImageFolder, _CachedImages
-        return [p for p, _ in dataset.samples]
-    raise TypeError(f"image_paths does not know the dataset type {type(dataset).__name__}")
+    """Every image and mask file ``dataset`` reads (for ``check_images``): from a ``files()``
+    method, else its ``img_paths`` and ``gt_paths`` lists (this package's datasets), else its
+    ``samples`` (torchvision's ``ImageFolder``); ``ConcatDataset``s and ``Subset``s of them."""
+    paths: list[str] = []
+    for leaf in _leaves(dataset):
+        if callable(getattr(leaf, "files", None)):
+            paths += leaf.files()
+        elif _has_lists(leaf):
+            paths += list(leaf.img_paths) + [p for p in leaf.gt_paths if p is not None]
+        elif hasattr(leaf, "samples"):  # ImageFolder, _CachedImages
+            paths += [p for p, _ in leaf.samples]
+        else:
+            raise _unknown(leaf, "image_paths")
+    return paths
 
 
 def _mask_pairs(dataset: Dataset) -> list[tuple[str, str]]:
-    """``(image, mask)`` path pairs of every anomalous item of ``dataset`` (training sets: none)."""
-    if isinstance(dataset, ConcatDataset):
-        return [pair for d in dataset.datasets for pair in _mask_pairs(d)]
-    if isinstance(dataset, _AnomalyDataset):
-        return [(i, m) for i, m in zip(dataset.img_paths, dataset.gt_paths) if m is not None]
-    if hasattr(dataset, "samples"):  # ImageFolder, _CachedImages: no masks
-        return []
-    raise TypeError(f"check_mask_sizes does not know the dataset type {type(dataset).__name__}")
+    """``(image, mask)`` path pairs of every anomalous item of ``dataset`` (training sets: none):
+    from a ``mask_pairs()`` method, else ``img_paths`` and ``gt_paths``."""
+    pairs: list[tuple[str, str]] = []
+    for leaf in _leaves(dataset):
+        if callable(getattr(leaf, "mask_pairs", None)):
+            pairs += leaf.mask_pairs()
+        elif _has_lists(leaf):
+            pairs += [(i, m) for i, m in zip(leaf.img_paths, leaf.gt_paths) if m is not None]
+        elif not hasattr(leaf, "samples"):  # ImageFolder, _CachedImages: no masks
+            raise _unknown(leaf, "check_mask_sizes")
+    return pairs
 
 
 def check_mask_sizes(dataset: Dataset) -> None:

@@ -1,4 +1,4 @@
-"""The class lists of the datasets, in the paper's order (spec §1): the order fixes the
+"""The class lists of the datasets, in the paper's order: the order fixes the
 multi-class training set's order, hence the run."""
 
 MVTEC_CLASSES = ["carpet", "grid", "leather", "tile", "wood", "bottle", "cable", "capsule",

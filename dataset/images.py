@@ -1,4 +1,4 @@
-"""Image and mask files as they come: any mode, bit depth and mask encoding (issue 9)."""
+"""Image and mask files as they come: any mode, bit depth and mask encoding."""
 from __future__ import annotations
 
 import os

@@ -19,7 +19,7 @@ from .shared_cache import SharedCache
 
 
 class MVTecDataset(_AnomalyDataset):
-    """One class folder ``root = <data>/<class>`` in the MVTec AD layout (spec §1).
+    """One class folder ``root = <data>/<class>`` in the MVTec AD layout.
 
     phase ``'test'``: items ``(img, gt, label, img_path)`` from ``test/<defect>/`` in sorted defect
     order; ``good`` is label 0 with ``gt`` all zeros ``1 × H × W`` (H, W of the transformed image),

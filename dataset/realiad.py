@@ -43,7 +43,7 @@ def _realiad_record(rec: object, index: int, phase: str, json_path: Path) -> tup
 
 
 class RealIADDataset(_AnomalyDataset):
-    """One Real-IAD category (spec §1): items ``(img, label)`` for ``'train'``,
+    """One Real-IAD category: items ``(img, label)`` for ``'train'``,
     ``(img, gt, label, img_path)`` for ``'test'``; ``anomaly_class == 'OK'`` is label 0 with an
     all-zero ``1 × H × W`` gt, anything else label 1 with the mask at ``mask_path``.
     """

@@ -1,4 +1,4 @@
-"""The reference's transforms (spec §1)."""
+"""The reference's transforms."""
 from __future__ import annotations
 
 from typing import Callable, Sequence
@@ -12,7 +12,7 @@ IMAGENET_STD = [0.229, 0.224, 0.225]
 def get_data_transforms(size: int, isize: int, mean_train: Sequence[float] | None = None,
                         std_train: Sequence[float] | None = None
                         ) -> tuple[transforms.Compose, transforms.Compose]:
-    """The reference's transforms (spec §1), in its exact order.
+    """The reference's transforms, in its exact order.
 
     image: PIL ``H × W`` RGB -> ``Resize((size, size))`` (PIL bilinear, antialiased) -> ``ToTensor``
     -> ``CenterCrop(isize)`` -> ``Normalize`` -> tensor ``3 × isize × isize``.

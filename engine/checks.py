@@ -1,8 +1,8 @@
 """Checks of the run's environment, made before anything is written or downloaded: the
-device, the results folder, and the numbers on the command line (issue 9).
+device, the results folder, and the numbers on the command line.
 
 Each check returns quietly or raises `CheckError` with one line that names the flag and
-says what to do; the trainer turns it into `error: …` and exit status 2.
+says what to do (`engine.errors` turns it into `error: …` and exit status 2).
 """
 from __future__ import annotations
 
@@ -10,37 +10,15 @@ import errno
 import math
 import os
 import stat
-import sys
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 
+from engine.errors import CheckError, Stop, stop  # noqa: F401  (the checks' error, re-exported)
+
 SEED_MAX = 2 ** 32 - 1  # numpy's np.random.seed takes 0 … 2**32 - 1
-
-
-class CheckError(ValueError):
-    """A setting that cannot work here; the message names the flag."""
-
-
-class Stop(SystemExit):
-    """Ends the program with one line and an exit status, without a traceback: `str()` is
-    the line (callers and tests read it), the status an int (so Python prints nothing
-    more). Whoever raises it prints the line (see `stop`)."""
-
-    def __init__(self, line: str, status: int = 2) -> None:
-        super().__init__(status)
-        self.line = line
-
-    def __str__(self) -> str:
-        return self.line
-
-
-def stop(line: str, status: int = 2) -> Stop:
-    """Print `line` to stderr and return the `Stop` to raise: `raise stop("error: …")`."""
-    print(line, file=sys.stderr, flush=True)
-    return Stop(line, status)
 
 
 # ----------------------------------------------------------------------------- device
@@ -149,7 +127,6 @@ NUMBER_RULES = {
     "seed": (lambda v: 0 <= v <= SEED_MAX, f"in 0 … {SEED_MAX} (numpy's seed range)"),
     "checkpoint_every": (lambda v: v >= 0, "0 (off) or a positive number of iterations"),
     "max_restarts": (lambda v: v >= 0, "0 or more"),
-    "dropout": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "spike_factor": (lambda v: v == 0 or v > 1,
                      "0 (off) or above 1 (a multiple of the running median loss)"),
     "gt_threshold": (lambda v: 0 <= v < 1,
@@ -158,12 +135,14 @@ NUMBER_RULES = {
 }
 
 
-def check_numbers(values: Mapping[str, float]) -> None:
+def check_numbers(values: Mapping[str, float],
+                  rules: Mapping[str, tuple] = NUMBER_RULES) -> None:
     """The numeric flags in range; `values` maps each flag name (without `--`) to its value.
-    Only the flags present are checked."""
+    Only the flags present are checked (`rules`: name -> (test, what it must be); a
+    recipe's settings bring theirs in their fields' `check`)."""
     for name, value in values.items():
-        if name not in NUMBER_RULES:
+        if name not in rules:
             continue
-        test, must = NUMBER_RULES[name]
+        test, must = rules[name]
         if (isinstance(value, float) and not math.isfinite(value)) or not test(value):
             raise CheckError(f"--{name} {value}: must be {must}")

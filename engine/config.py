@@ -1,106 +1,133 @@
-"""Every setting of a run (`Config`), as the six `dinomaly_*.py` scripts fill it in.
+"""The settings every run has (`RunConfig`), whatever the method: data, encoder, schedule
+length, device, speed options, evaluation, outputs and robustness.
 
-A script is one `Config(...)` of visible constants passed to `engine.cli.main`; the
-command line overrides any of them (`engine.cli.parse_args`); `config.json` in the run
-folder records every field. Defaults are the reference's MVTec multi-class run (spec §4).
+A method's recipe adds its own settings by subclassing it (`recipes.dinomaly.Config`), and a
+script is one such `Config(...)` of visible constants passed to `engine.cli.main`. Every
+field is a setting: the command line has a flag of the same name for each (`engine.cli`,
+help text from the field's `setting(...)`), and `config.json` in the run folder records
+them all. Defaults are Dinomaly's MVTec AD multi-class run.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import torch
 
-import dataset
 from engine import demo_data
 
-DATASETS = ("mvtec", "visa", "realiad", "mpdd")
-MVTEC_CLASSES = tuple(dataset.MVTEC_CLASSES)  # (Config's field `dataset` hides the module there)
-ALL_CLASSES = {"mvtec": MVTEC_CLASSES, "visa": tuple(dataset.VISA_CLASSES),
-               "realiad": tuple(dataset.REALIAD_CLASSES), "mpdd": tuple(dataset.MPDD_CLASSES)}
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # --amp
 
 
-# The DINOv3 fork's settings (shared/DINOV3.md): a script run with a DINOv3 encoder takes
-# them over its own DINOv2 ones, except those given on the command line (engine.cli).
-DINOV3_SETTINGS = {
-    "image_size": 512,  # resize side
-    "crop_size": 448,   # 28 × 28 patches of 16 px, as 392 = 28 × 14 for DINOv2
-    "amsgrad": False,   # StableAdamW without AMSGrad
-}
-DINOV3_LARGE_BATCH = 12  # the fork's batch for ViT-L/16 (memory)
-
-
-def encoder_settings(encoder: str) -> dict[str, object]:
-    """The settings `encoder` brings with it: {} for DINOv2 (the reference's settings)."""
-    if not encoder.startswith("dinov3_"):
-        return {}
-    if encoder == "dinov3_vitl16":
-        return {**DINOV3_SETTINGS, "batch_size": DINOV3_LARGE_BATCH}
-    return dict(DINOV3_SETTINGS)
+def setting(default: object, help: str, **flag: object) -> dataclasses.Field:
+    """A Config field with its command-line help; `flag` adds argparse options (`choices`,
+    `metavar`, `aliases` = extra flag names that set this field to a value) and `check`
+    = (test of the value, what it must be), checked with the command line."""
+    return field(default=default, metadata={"help": help, **flag})
 
 
 @dataclass(frozen=True)
-class Config:
-    """Every setting of a run. Defaults are the reference MVTec multi-class run (spec §4);
-    the scripts set their own values explicitly."""
+class RunConfig:
+    """Every setting of a run that no method owns. A recipe's `Config` adds its own."""
+
+    METHOD: typing.ClassVar[str] = ""  # the recipe that reads this config (its `name`)
 
     # data
-    dataset: str = "mvtec"  # 'mvtec', 'visa' and 'mpdd' (MVTec layout) or 'realiad'
-    data_path: str = "../mvtec_anomaly_detection"
-    classes: tuple[str, ...] = MVTEC_CLASSES
-    image_size: int = 448  # resize side
-    crop_size: int = 392  # centre crop side (28 × 28 patches of 14 px)
-    num_workers: int = 4
+    dataset: str = setting("mvtec", "the dataset's layout and class list (a registered dataset)",
+                           metavar="NAME")
+    data_path: str = setting("../mvtec_anomaly_detection", "dataset root")
+    classes: tuple[str, ...] = setting(
+        (), "comma-separated subset, or 'auto' (every class found under --data_path); "
+            "empty: the dataset's whole list")
+    image_size: int = setting(448, "images are resized to this side")
+    crop_size: int = setting(392, "then centre-cropped to this side (a multiple of the "
+                                  "encoder's patch, 14 or 16)")
+    num_workers: int = setting(4, "data-loading processes")
     # model
-    encoder: str = "dinov2reg_vit_base_14"
-    encoder_weights: str = "official"  # 'official', 'random' or a .pth path
-    # settings the encoder set over the script's (`encoder_settings`), e.g. 'crop_size 392 -> 448'
-    encoder_changed: tuple[str, ...] = ()
-    dropout: float = 0.2  # noisy bottleneck
-    # optimisation
-    separate: bool = False  # True: one model per class ("sep"); False: one for all ("uni")
-    total_iters: int = 10_000  # per model
-    batch_size: int = 16
-    lr: float = 2e-3
-    final_lr: float = 2e-4
-    warmup_iters: int = 100
-    weight_decay: float = 1e-4
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-10
-    amsgrad: bool = True  # StableAdamW's AMSGrad (the reference's; the DINOv3 fork: off)
-    clip_grad: float = 0.1
-    hm_p_max: float = 0.9  # hard-mining: share of easy points whose gradient is damped ...
-    hm_ramp_iters: int = 1000  # ... reached linearly over this many iterations
-    hm_factor: float = 0.1  # gradient multiplier of the easy points
-    seed: int = 1
-    cudnn_benchmark: bool = False
-    device: str = ""  # '' = cuda when available, else cpu
-    # speed (issue 5); the defaults are the reference's computation
-    fused_attn: bool = True  # encoder attention by SDPA (False: explicit; equal to round-off)
-    amp: str = "none"  # 'bf16' / 'fp16': the forward under autocast; loss and optimizer fp32
-    cache_images: bool = False  # training images decoded and resized once, kept in RAM (uint8)
-    compile: bool = False  # torch.compile of every encoder, bottleneck and decoder block
-    tf32: bool = False  # CUDA fp32 matmuls on TF32 tensor cores (10-bit mantissa products)
+    encoder: str = setting("dinov2reg_vit_base_14", "the frozen encoder; a DINOv3 encoder "
+                           "brings the DINOv3 fork's settings (resize 512, crop 448, no AMSGrad, "
+                           "batch 12 for ViT-L) unless those flags are given", metavar="NAME")
+    encoder_weights: str = setting("official", "'official' (DINOv2: downloaded once; DINOv3: "
+                                   "from the cache, see README), 'random', or a weights file "
+                                   "(the official format; DINOv3: also timm's)")
+    # training
+    separate: bool = setting(False, "one model per class (class-separated) instead of one for "
+                                    "all (multi-class)")
+    total_iters: int = setting(10_000, "training iterations (per class when class-separated)")
+    batch_size: int = setting(16, "training (and evaluation) batch size")
+    seed: int = setting(1, "seed of torch, numpy and random")
+    cudnn_benchmark: bool = setting(False, "cuDNN benchmark mode (off: deterministic, the "
+                                           "reference's default)")
+    device: str = setting("", "e.g. cuda, cuda:1, cpu (default: cuda when available, else cpu)")
+    # speed; the defaults compute as the reference
+    fused_attn: bool = setting(True, "encoder attention by F.scaled_dot_product_attention; "
+                                     "--no-fused_attn (or --explicit_attn): the reference's "
+                                     "explicit softmax(q k^T) v, equal to round-off",
+                               aliases={"--explicit_attn": False})
+    amp: str = setting("none", "mixed precision: the model's forward under autocast in bf16 "
+                               "or fp16 (fp16 with loss scaling); the loss, gradients and "
+                               "optimizer stay fp32. 'none' computes as the reference",
+                       choices=tuple(AMP_DTYPES))
+    cache_images: bool = setting(False, "decode and resize every training image once and keep "
+                                        "it in RAM as uint8 (the tensors are exactly the "
+                                        "uncached ones): 3 x image_size^2 bytes per image; one "
+                                        "copy per machine under torchrun (shared memory)")
+    compile: bool = setting(False, "torch.compile every transformer block (the first iterations "
+                                   "and evaluation take a minute or more longer; dropout draws "
+                                   "the eager masks: rounding differs only)")
+    tf32: bool = setting(False, "CUDA: float32 matrix products on TF32 tensor cores: faster, not "
+                                "bit-identical to the reference's full fp32")
     # evaluation and logging
-    eval_every: int = 5_000  # also evaluated after the last iteration
-    max_ratio: float = 0.01  # image score = mean of the top 1 % of the anomaly map
-    eval_resolution: int = 256  # anomaly maps and masks resized to this side
-    gt_threshold: float = 0.0  # mask pixel anomalous if > this (reference 0)
-    log_every: int = 100
-    save_dir: str = "./saved_results"
-    save_name: str = "dinomaly_mvtec_uni"
-    checkpoint: str | None = None  # with eval_only: model.pth (or, class-separated, a folder)
-    eval_only: bool = False
-    # robustness and outputs (issue 6); none changes what is computed
-    save_maps: bool = False  # heatmaps and score histograms at the final evaluation of a model
-    resume: bool = False  # continue the run in <save_dir>/<save_name> from its checkpoint.pth
-    checkpoint_every: int = 0  # checkpoint.pth also every N iterations (0: at evaluations only)
-    spike_factor: float = 3.0  # a loss above this × the running median is a spike (0: off)
-    spike_window: int = 100  # running median over this many losses; no spike check before
-    spike_restart: bool = False  # after a spike or nan: back to the last checkpoint, new seed
-    max_restarts: int = 3  # spike restarts per model, at most
-    skip_image_check: bool = False  # do not decode every image file before training
-    demo: bool = False  # set by --demo (DEMO below)
+    eval_every: int = setting(5_000, "evaluate and save every N iterations, and after the last")
+    eval_resolution: int = setting(256, "anomaly maps and masks are resized to this side for "
+                                        "the metrics")
+    gt_threshold: float = setting(0.0, "a mask pixel is anomalous if above this, on the mask's "
+                                       "0-1 scale (the reference: 0; 0.5 is common)")
+    log_every: int = setting(100, "log the mean loss every N iterations")
+    save_dir: str = setting("./saved_results", "results go to <save_dir>/<save_name>/")
+    save_name: str = setting("dinomaly_mvtec_uni", "results folder name (with --eval_only: "
+                                                   "<name>_eval unless given)")
+    checkpoint: str | None = setting(None, "with --eval_only: a model.pth (ours or the "
+                                           "reference's); class-separated: a folder holding "
+                                           "<class>/model.pth, or one file for every class")
+    eval_only: bool = setting(False, "evaluate --checkpoint on every class, no training")
+    # robustness and outputs; none changes what is computed
+    save_maps: bool = setting(False, "write a heatmap per test image and a score histogram per "
+                                     "class to <run>/maps/<class>/, at the final evaluation of "
+                                     "each model")
+    resume: bool = setting(False, "continue the stopped run in <save_dir>/<save_name> from its "
+                                  "last checkpoint.pth, exactly as if it had not stopped")
+    checkpoint_every: int = setting(0, "also write checkpoint.pth every N iterations (0: only at "
+                                       "evaluations)")
+    spike_factor: float = setting(3.0, "log a loss spike when the loss exceeds this many times "
+                                       "the running median (0: off)")
+    spike_window: int = setting(100, "the running median is over this many losses; no spike "
+                                     "check before")
+    spike_restart: bool = setting(False, "after a loss spike or a nan loss, go back to the last "
+                                         "checkpoint and continue with seed + restart count")
+    max_restarts: int = setting(3, "spike restarts per model, at most")
+    skip_image_check: bool = setting(False, "do not decode every image and mask file before "
+                                            "training (a bad file then stops the run when "
+                                            "reached)")
+    demo: bool = setting(False, "the demo: builds demo_data/ (3 textures with synthetic "
+                                "defects) once, trains ViT-S for a few minutes on a CPU, prints "
+                                "the table and writes heatmaps")
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, object]) -> RunConfig:
+        """The config a run folder's config.json records (keys of other settings ignored,
+        settings it lacks at their defaults; lists back to tuples)."""
+        hints = typing.get_type_hints(cls)
+        values = {}
+        for f in dataclasses.fields(cls):
+            if f.name in record:
+                value = record[f.name]
+                if isinstance(value, list) and str(hints[f.name]).startswith("tuple"):
+                    value = tuple(value)
+                values[f.name] = value
+        return cls(**values)
 
 
 # `--demo`: a short run on demo_data's generated textures, about 4 minutes on 2 shared CPU

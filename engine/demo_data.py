@@ -1,4 +1,4 @@
-"""A small MVTec-layout dataset that needs no download (issue 6, ``--demo``).
+"""A small MVTec-layout dataset that needs no download (``--demo``).
 
 ``build_demo_dataset`` cuts texture classes out of photographs that scikit-image
 bundles in its wheel (``skimage.data.brick()``, ``grass()``, ``gravel()``: 512 × 512

@@ -1,4 +1,4 @@
-"""Multi-process training through torch.distributed, launched by torchrun (issue 5).
+"""Multi-process training through torch.distributed, launched by torchrun.
 
     torchrun --nproc_per_node=N dinomaly_mvtec_uni.py ...
 

@@ -1,4 +1,4 @@
-"""`export.py` (issue 12): a trained model's whole inference pipeline as one ONNX file
+"""`export.py`: a trained model's whole inference pipeline as one ONNX file
 (`onnx_export.export_onnx`), with its settings and thresholds in the file's metadata.
 
     python export.py --checkpoint RUN_OR_MODEL --format onnx --out model.onnx [--class NAME]
@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from engine import checks, thresholds
-from engine.inference import AnomalyPipeline, load_model, resolve_source
+from engine.model_source import inference_pipeline, resolve_source
 from engine.onnx_export import export_onnx
 from engine.tool_cli import add_model_flags, check_sizes, new_parser, run_tool
 
@@ -36,7 +36,7 @@ def export(args: argparse.Namespace) -> None:
             data = thresholds.read_thresholds(source.thresholds_path)
         except (OSError, ValueError):
             data = None  # predict --checkpoint RUN can still read them
-    pipeline = AnomalyPipeline(load_model(source, "cpu"), source.resolution, source.max_ratio)
+    pipeline = inference_pipeline(source, "cpu")
     metadata = {"encoder": source.encoder, "image_size": source.image_size, "crop_size": source.crop_size,
                 "eval_resolution": source.resolution, "max_ratio": source.max_ratio,
                 "class": source.class_name, "separate": source.separate,

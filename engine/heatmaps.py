@@ -1,4 +1,4 @@
-"""Anomaly heatmaps and score histograms as PNG files (issue 6, ``--save_maps``).
+"""Anomaly heatmaps and score histograms as PNG files (``--save_maps``).
 
 For one class, ``save_class_heatmaps`` writes::
 

@@ -1,9 +1,9 @@
-"""The training loop: one model, from its first (or resumed) iteration to its last.
+"""The training loop: one model job, from its first (or resumed) iteration to its last.
 
 It keeps the reference's structure — epochs over one re-iterated DataLoader, evaluation
 inside the loop — because creating DataLoader iterators and evaluating draw from the CPU
 random generator: the same structure keeps a run RNG-identical to the reference's
-`dinomaly_*.py` (spec §4). Each iteration, in order:
+`dinomaly_*.py`. Each iteration, in order:
 
     lr → forward → loss → backward → clip → step   (engine.step.train_step)
     → watch the loss → evaluate / checkpoint → log
@@ -28,14 +28,17 @@ from tqdm import tqdm
 
 import utils
 from engine import distributed, training_state
-from engine.config import Config
+from engine.config import RunConfig
 from engine.data import build_datasets, make_train_loader
-from engine.evaluator import evaluate
+from engine.errors import RunError, Stop, stop
+from engine.evaluation import EvalSettings, evaluate
 from engine.generators import cuda_generator_plan
-from engine.results import ResultsTable, report
+from engine.jobs import ModelJob
+from engine.report import Report
 from engine.run_folder import save_model
 from engine.spike_guard import NonFiniteLoss, SpikeGuard
 from engine.step import Training, setup_training, train_step
+from recipes import Recipe
 
 Log = Callable[[str], None]
 
@@ -66,57 +69,71 @@ class _Restart(Exception):
     """Raised inside the loop: go back to the last checkpoint with a new seed."""
 
 
-def train(cfg: Config, classes: Sequence[str], out_dir: Path, log: Log, table: ResultsTable,
-          with_mean: bool, maps_dir: Path | None = None,
-          status: RunStatus | None = None) -> dict[str, list[float]]:
-    """Train one model on the union of `classes` (reference `dinomaly_*.py` loop);
-    evaluate and save `out_dir/model.pth` every `eval_every` iterations and at the end, each
-    time with `out_dir/checkpoint.pth` (also every `checkpoint_every`); `cfg.resume`: continue
-    from that checkpoint. `maps_dir`: heatmaps at the final evaluation (`--save_maps`).
-    `status` follows the iterations and checkpoints (for the message if the run stops).
+@dataclass
+class RunContext:
+    """What every model job of a run shares."""
+    cfg: RunConfig
+    recipe: Recipe
+    device: torch.device
+    log: Log
+    report: Report  # rank 0's writer (the other ranks' writes nothing)
+    status: RunStatus
+    evaluation: EvalSettings
+
+    def make_pipeline(self, model: torch.nn.Module) -> Callable[[], torch.nn.Module]:
+        """Builds the method's evaluation pipeline around `model`, one per class."""
+        return lambda: self.recipe.pipeline(model, self.cfg)
+
+
+def train(job: ModelJob, run: RunContext) -> dict[str, list[float]]:
+    """Train the job's model on the union of its classes (the reference's loop); evaluate
+    and save `model.pth` in its folder every `eval_every` iterations and at the end, each
+    time with `checkpoint.pth` (also every `checkpoint_every`); `job.resume`: continue from
+    that checkpoint. Heatmaps at the final evaluation with `--save_maps`. `run.status`
+    follows the iterations and checkpoints (for the message if the run stops).
     Returns the last evaluation's metrics per class (on rank 0; {} on the other ranks, which
     train on their share of each batch, compute their share of each evaluation's maps and
     wait while rank 0 computes the metrics and saves)."""
-    status = RunStatus() if status is None else status
-    status.new_model(classes[0] if cfg.separate else None)
-    ckpt_path = out_dir / training_state.CHECKPOINT_NAME
-    state = checkpoint_to_resume(cfg, ckpt_path, status)
+    cfg, status = run.cfg, run.status
+    status.new_model(job.label)
+    ckpt_path = job.folder / training_state.CHECKPOINT_NAME
+    state = checkpoint_to_resume(job, ckpt_path, status)
     if state is not None and state["finished"]:
-        log(f"{ckpt_path}: trained to the end (iteration {state['iteration']}), "
-            "nothing to resume")
+        run.log(f"{ckpt_path}: trained to the end (iteration {state['iteration']}), "
+                "nothing to resume")
         return state["results"]
     utils.setup_seed(cfg.seed, cudnn_benchmark=cfg.cudnn_benchmark)
-    train_set, test_sets = build_datasets(cfg, classes, cache_images=cfg.cache_images)
+    train_set, test_sets = build_datasets(cfg, job.classes, cache_images=cfg.cache_images)
     loader = make_train_loader(cfg, train_set)
     if len(loader) == 0:
-        raise SystemExit(f"error: --batch_size {cfg.batch_size} is larger than the training "
-                         f"set ({len(train_set)} images): no full batch to train on.")
-    run = ModelTraining(cfg, setup_training(cfg, torch.device(cfg.device)), loader, test_sets,
-                        out_dir, log, table, with_mean, maps_dir, status)
-    log(f"train image number:{len(train_set)}")
+        raise RunError(f"--batch_size {cfg.batch_size} is larger than the training set "
+                       f"({len(train_set)} images): no full batch to train on.")
+    training = ModelTraining(job, run, setup_training(cfg, run.device, run.recipe), loader,
+                             test_sets)
+    run.log(f"train image number:{len(train_set)}")
     if state is not None:
-        run.resume_from(state)
-    elif cfg.resume:
-        log(f"no checkpoint in {out_dir}: starting from iteration 0")
+        training.resume_from(state)
+    elif job.resume:
+        run.log(f"no checkpoint in {job.folder}: starting from iteration 0")
     if state is None and cfg.spike_restart:
-        run.save_checkpoint()  # a restart before the first evaluation goes back to iteration 0
+        training.save_checkpoint()  # a restart before the first evaluation goes back to iteration 0
     # the bar is closed on the way out, also by an error or Ctrl-C (before their message)
-    with tqdm(total=cfg.total_iters, initial=run.progress.iteration,
-              desc=classes[0] if cfg.separate else "train", file=sys.stderr,
+    with tqdm(total=cfg.total_iters, initial=training.progress.iteration,
+              desc=job.label or "train", file=sys.stderr,
               dynamic_ncols=True, disable=distributed.rank() > 0) as bar:
         while True:  # runs once, unless a spike restart goes back to the last checkpoint
             try:
-                run.train_to_the_end(bar)
+                training.train_to_the_end(bar)
                 break
             except (_Restart, NonFiniteLoss) as event:
-                run.restart(event, bar)
-    return run.results
+                training.restart(event, bar)
+    return training.results
 
 
-def checkpoint_to_resume(cfg: Config, ckpt_path: Path,
+def checkpoint_to_resume(job: ModelJob, ckpt_path: Path,
                          status: RunStatus) -> dict[str, object] | None:
     """`--resume`: the model's checkpoint, if it has one (`status` then starts from it)."""
-    if not (cfg.resume and ckpt_path.is_file()):
+    if not (job.resume and ckpt_path.is_file()):
         return None
     state = training_state.load_training_state(ckpt_path)
     status.saved(ckpt_path, int(state["iteration"]))
@@ -128,22 +145,21 @@ def checkpoint_to_resume(cfg: Config, ckpt_path: Path,
 class ModelTraining:
     """One model's training: what the loop carries from one iteration to the next."""
 
-    def __init__(self, cfg: Config, t: Training, loader: DataLoader,
-                 test_sets: dict[str, Dataset], out_dir: Path, log: Log, table: ResultsTable,
-                 with_mean: bool, maps_dir: Path | None, status: RunStatus) -> None:
-        self.cfg, self.t, self.model = cfg, t, t.model
+    def __init__(self, job: ModelJob, run: RunContext, t: Training, loader: DataLoader,
+                 test_sets: dict[str, Dataset]) -> None:
+        self.job, self.run, self.cfg, self.t, self.model = job, run, run.cfg, t, t.model
         self.loader = loader
         self.sampler = loader.batch_sampler  # records each epoch's order, replays it on resume
-        self.epochs = math.ceil(cfg.total_iters / len(loader))
+        self.epochs = math.ceil(self.cfg.total_iters / len(loader))
         self.test_sets = test_sets
-        self.device = torch.device(cfg.device)
-        self.out_dir, self.ckpt_path = out_dir, out_dir / training_state.CHECKPOINT_NAME
-        self.log, self.table, self.with_mean, self.maps_dir = log, table, with_mean, maps_dir
-        self.status = status
+        self.device = run.device
+        self.ckpt_path = job.folder / training_state.CHECKPOINT_NAME
+        self.log, self.status = run.log, run.status
         self.progress = training_state.Progress()
         self.results: dict[str, list[float]] = {}
         self.restarts = 0  # spike restarts so far
-        self.guard = SpikeGuard(cfg.spike_factor, cfg.spike_window, warmup=cfg.spike_window)
+        self.guard = SpikeGuard(self.cfg.spike_factor, self.cfg.spike_window,
+                                warmup=self.cfg.spike_window)
 
     def train_to_the_end(self, bar: tqdm) -> None:
         """The iterations from `progress` to the last; raises `_Restart` or `NonFiniteLoss`
@@ -216,13 +232,14 @@ class ModelTraining:
         evaluated = it % cfg.eval_every == 0 or final
         if evaluated:
             # every rank computes the maps of its share of each test set; rank 0 gets them all
-            results = evaluate(self.model, self.test_sets, cfg, self.device,
-                               self.maps_dir if final and cfg.save_maps else None)
+            maps_dir = self.run.report.run_dir if final and cfg.save_maps else None
+            evaluation = evaluate(self.run.make_pipeline(self.model), self.test_sets,
+                                  self.run.evaluation, self.device, maps_dir)
             if distributed.rank() == 0:
-                self.results = results
+                self.results = evaluation.metrics()
                 # the model first: results never report a model not on disk
-                save_model(self.model, self.out_dir / "model.pth")
-                report(self.results, it, self.log, self.table, self.with_mean)
+                save_model(self.model, self.job.folder / "model.pth")
+                self.run.report.evaluation(evaluation, it, self.job.with_mean)
                 self.status.evaluated = True
             distributed.barrier()
             self.model.train()
@@ -289,7 +306,7 @@ class ModelTraining:
         bar.refresh()
 
 
-def stop_on_nan(err: NonFiniteLoss, ckpt_path: Path, saved_at: int | None, cfg: Config,
+def stop_on_nan(err: NonFiniteLoss, ckpt_path: Path, saved_at: int | None, cfg: RunConfig,
                 restarts: int, log: Log) -> None:
     """Log why the run stops and what is kept, then stop (SystemExit)."""
     if saved_at is None:
@@ -302,4 +319,6 @@ def stop_on_nan(err: NonFiniteLoss, ckpt_path: Path, saved_at: int | None, cfg: 
                  "; with --spike_restart, a nan goes back to the checkpoint with a new seed")
     message = f"{err}: training stopped; {kept}"
     log(message)
-    raise SystemExit(f"error: {message}")
+    if distributed.rank() > 0:
+        raise Stop(f"error: {message}", 1)  # rank 0 says it
+    raise stop(f"error: {message}", 1)

@@ -1,7 +1,7 @@
-"""The inference pipeline as one ONNX model (issue 12, `export.py`), and running it with
-ONNX Runtime (`predict.py --onnx`).
+"""The inference pipeline as one ONNX model (`export.py`), and running it with ONNX Runtime
+(`predict.py --onnx`).
 
-The whole `inference.AnomalyPipeline` is exported: DINOv2 encoder (its position embeddings
+The whole pipeline of the method is exported (Dinomaly: `recipes.anomaly_map.AnomalyPipeline`): encoder (its position embeddings
 resized for the run's fixed crop), bottleneck, linear-attention decoder, the cosine maps,
 upsampling, resize, Gaussian blur and the top-1 % mean score.
 
@@ -29,18 +29,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from torch import nn
+
+from engine.errors import ExportError
 from engine.fileio import atomic_write_bytes
-from engine.inference import AnomalyPipeline
 
 METADATA_KEY = "dinomaly"
 INPUT_NAME, OUTPUT_NAMES = "image", ("anomaly_map", "score")
 
 
-class ExportError(RuntimeError):
-    """The exporter or ONNX Runtime is missing, or the model could not be exported."""
-
-
-def export_onnx(pipeline: AnomalyPipeline, crop_size: int, out: Path, metadata: dict[str, object]) -> int:
+def export_onnx(pipeline: nn.Module, crop_size: int, out: Path, metadata: dict[str, object]) -> int:
     """Export `pipeline` (eval mode, on the CPU) for `crop_size` inputs to `out`, atomically,
     with `metadata` as JSON under `METADATA_KEY`. Returns the file's size in bytes."""
     try:

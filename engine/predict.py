@@ -1,4 +1,4 @@
-"""`predict.py` (issue 12): a trained model on new images → `predictions.csv` with the OK/NG
+"""`predict.py`: a trained model on new images → `predictions.csv` with the OK/NG
 decision (`anomalous = score > threshold`), and with `--save_maps` one heatmap per image on the
 class's fixed colour scale, the decision in the picture.
 
@@ -28,7 +28,7 @@ from engine import checks, thresholds
 from engine.config import default_device
 from engine.fileio import atomic_write
 from engine.heatmaps import class_scale, load_view, render_decision, write_png_atomic
-from engine.inference import AnomalyPipeline, load_model, resolve_source
+from engine.model_source import inference_pipeline, resolve_source
 from engine.onnx_export import OnnxPipeline
 from engine.tool_cli import add_model_flags, check_sizes, finite_float, new_parser, positive_int, run_tool
 
@@ -145,7 +145,7 @@ def load(args: argparse.Namespace, device: str) -> tuple[Callable[[], Pipeline],
         data, origin = read_run_thresholds(source.thresholds_path)
 
     def pipeline() -> Pipeline:
-        torch_pipeline = AnomalyPipeline(load_model(source, device), source.resolution, source.max_ratio).to(device).eval()
+        torch_pipeline = inference_pipeline(source, device)
 
         def run(images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
             with torch.inference_mode():

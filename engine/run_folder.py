@@ -2,7 +2,7 @@
 
 - `RunFolder`: creates the folder (an existing non-empty one only for `--resume`) and,
   for a start that fails before its first training step, removes what that start made,
-  so that the same command runs again once the cause is fixed (issue 9).
+  so that the same command runs again once the cause is fixed.
 - `RunLog`: `log.txt`, every printed line, appended and flushed line by line.
 - `write_config`: `config.json`, every setting used, the command and the versions.
 - `save_model`: `model.pth`, the full `model.state_dict()` in the reference's keys.
@@ -26,7 +26,8 @@ from torch import nn
 from tqdm import tqdm
 
 from engine import distributed
-from engine.config import Config
+from engine.config import RunConfig
+from engine.errors import RunError
 from engine.fileio import WriteError, atomic_write
 
 
@@ -48,9 +49,9 @@ class RunFolder:
         if self.resume:
             return self.path  # check_resume has looked at it
         if self.path.exists() and (not self.path.is_dir() or any(self.path.iterdir())):
-            raise SystemExit(f"error: results folder {self.path} already exists and is not "
-                             "empty; continue that run with --resume, or choose another "
-                             "--save_name (or --save_dir), or remove it.")
+            raise RunError(f"results folder {self.path} already exists and is not empty; "
+                           "continue that run with --resume, or choose another --save_name "
+                           "(or --save_dir), or remove it.")
         missing = [p for p in [self.path, *self.path.parents] if not p.exists()]
         self.path.mkdir(parents=True, exist_ok=True)
         self._made = missing[::-1]
@@ -87,7 +88,7 @@ def free_save_name(save_dir: str, name: str) -> str:
         path = Path(save_dir) / candidate
         if not path.exists() or (path.is_dir() and not any(path.iterdir())):
             return candidate
-    raise SystemExit(f"error: no free results folder {name}_N in {save_dir}; clean it up")
+    raise RunError(f"no free results folder {name}_N in {save_dir}; clean it up")
 
 
 def save_model(model: nn.Module, path: Path) -> None:
@@ -119,9 +120,12 @@ class RunLog:
             raise WriteError(self.path, err) from None
 
 
-def write_config(cfg: Config, run_dir: Path, argv: Sequence[str]) -> None:
-    """config.json: the settings used, plus the command and library versions."""
-    info = {**dataclasses.asdict(cfg), "processes": distributed.world_size(),
+def write_config(cfg: RunConfig, run_dir: Path, argv: Sequence[str],
+                 record: dict[str, object] | None = None) -> None:
+    """config.json: the settings used, the method they are of, `record` (e.g. what the
+    encoder changed), the command and library versions."""
+    info = {**dataclasses.asdict(cfg), "method": type(cfg).METHOD, **(record or {}),
+            "processes": distributed.world_size(),
             "command": [sys.argv[0], *argv],
             "started": time.strftime("%Y-%m-%d %H:%M:%S"), "torch": torch.__version__,
             "python": sys.version.split()[0]}

@@ -1,4 +1,4 @@
-"""Loss-spike and NaN guard (issue 6).
+"""Loss-spike and NaN guard (``--spike_factor``, ``--spike_restart``).
 
 The reference's README warns that rare loss spikes hurt the final results. The guard
 watches the per-iteration loss:

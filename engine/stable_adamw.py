@@ -1,6 +1,6 @@
 """StableAdamW: AdamW with AMSGrad and update clipping (Wortsman et al. 2023, "Stable and
 low-precision training for large-scale vision-language models", Alg. 2), as in the
-reference (spec §4).
+reference (the update rule is written out in the class docstring).
 
 One step over a parameter group is a few operations on flat buffers (`engine.flat_buffers.FlatGroup`:
 75 aten ops for Dinomaly's 100 trainable tensors, 175 when gradients set from outside are

@@ -1,5 +1,6 @@
-"""One training step and what it needs: the model, its optimizer and lr schedule
-(`setup_training`), and `train_step`: forward → loss → backward → clip → step (spec §4).
+"""One training step and what it needs: the method's model, loss, optimizer and lr schedule
+(`setup_training`, from its recipe), and `train_step`: forward → loss → backward → clip →
+step → next lr.
 
 The speed options act here: `--amp` (autocast around the forward; fp16 with a loss
 scaler), `--compile` (every transformer block compiled in place), `--tf32` and several
@@ -13,10 +14,10 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-import models
-import utils
 from engine import distributed
-from engine.config import AMP_DTYPES, Config
+from engine.config import AMP_DTYPES, RunConfig
+from recipes import Recipe, recipe_of
+from recipes.base import Loss
 
 COMPILE_BACKEND = "inductor"  # --compile; tests use "aot_eager" (same capture, no code generation)
 # Inductor generates its own dropout masks from seeds it draws (other numbers than eager's);
@@ -25,16 +26,18 @@ COMPILE_BACKEND = "inductor"  # --compile; tests use "aot_eager" (same capture, 
 INDUCTOR_OPTIONS = {"fallback_random": True}
 
 
-def compile_blocks(model: models.ViTill) -> None:
-    """`torch.compile` every encoder block, the bottleneck and every decoder block, in place
-    (`nn.Module.compile`: the state_dict keys stay the reference's). Blocks of one kind share
-    their compiled code, so compilation costs one block per kind (evaluation, in eval mode
-    without gradients, compiles its own variants); the loss's gradient hooks sit on the
-    decoder outputs, outside the compiled code. Dropout draws as in eager mode
-    (INDUCTOR_OPTIONS)."""
+def compile_blocks(model: nn.Module) -> None:
+    """`torch.compile` every module held in an `nn.ModuleList` of the model (Dinomaly: every
+    encoder block, the bottleneck, every decoder block), in place (`nn.Module.compile`: the
+    state_dict keys stay the reference's). Blocks of one kind share their compiled code, so
+    compilation costs one block per kind (evaluation, in eval mode without gradients,
+    compiles its own variants); the loss's gradient hooks sit on the model's outputs,
+    outside the compiled code. Dropout draws as in eager mode (INDUCTOR_OPTIONS)."""
     options = {"options": INDUCTOR_OPTIONS} if COMPILE_BACKEND == "inductor" else {}
-    for block in [*model.encoder.blocks, *model.bottleneck, *model.decoder]:
-        block.compile(backend=COMPILE_BACKEND, **options)
+    for module in model.modules():
+        if isinstance(module, nn.ModuleList):
+            for block in module:
+                block.compile(backend=COMPILE_BACKEND, **options)
 
 
 def set_tf32(enabled: bool) -> None:
@@ -44,7 +47,7 @@ def set_tf32(enabled: bool) -> None:
     torch.backends.cuda.matmul.allow_tf32 = enabled
 
 
-def training_module(model: models.ViTill, cfg: Config, device: torch.device) -> nn.Module:
+def training_module(model: nn.Module, cfg: RunConfig, device: torch.device) -> nn.Module:
     """What the training step runs: `model` (its blocks compiled with --compile), wrapped in
     DistributedDataParallel with several processes (the gradients averaged over ranks: with
     equal shares, the gradient of the global batch's mean loss). `model` itself is what is
@@ -61,53 +64,48 @@ def training_module(model: models.ViTill, cfg: Config, device: torch.device) -> 
 class Training:
     """The model and what trains it (`setup_training`)."""
 
-    model: models.ViTill  # evaluated and saved: reference keys
+    model: nn.Module  # evaluated and saved: the reference's keys
     net: nn.Module  # what the step runs: `model`, in DDP with several processes
-    trainable: list[nn.Parameter]  # bottleneck + decoder
-    optimizer: utils.StableAdamW
-    scheduler: utils.WarmCosineScheduler
+    loss: Loss  # (outputs, iteration) -> loss, the method's (with its schedule)
+    trainable: list[nn.Parameter]  # clipped together before each step
+    max_grad_norm: float
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler  # fp16 only; disabled, every call is a no-op
 
 
-def setup_training(cfg: Config, device: torch.device) -> Training:
-    """A fresh model (seeded init, the reference's order of random draws), its optimizer,
-    lr schedule and, with the speed options, the compiled / DDP-wrapped training module."""
+def setup_training(cfg: RunConfig, device: torch.device, recipe: Recipe | None = None) -> Training:
+    """A fresh model of the method (`recipe`, by default `cfg`'s: seeded construction, the
+    reference's order of random draws), its loss, optimizer, lr schedule and, with the speed
+    options, the compiled / DDP-wrapped training module."""
+    recipe = recipe_of(cfg) if recipe is None else recipe
     set_tf32(cfg.tf32)
-    model = models.build_dinomaly(cfg.encoder, cfg.encoder_weights, cfg.dropout, device=device,
-                                  fused_attn=cfg.fused_attn)
+    model = recipe.build_model(cfg, device)
     rank = distributed.rank()
     if rank > 0:  # own dropout masks (with one seed, every rank's i-th image would share one)
         torch.manual_seed(cfg.seed + rank)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = utils.StableAdamW([{"params": trainable}], lr=cfg.lr, betas=cfg.betas,
-                                  weight_decay=cfg.weight_decay, amsgrad=cfg.amsgrad, eps=cfg.eps)
-    # sets the lr of iteration 0 now, and of iteration i+1 at each step()
-    scheduler = utils.WarmCosineScheduler(optimizer, base_value=cfg.lr, final_value=cfg.final_lr,
-                                          total_iters=cfg.total_iters,
-                                          warmup_iters=cfg.warmup_iters)
-    return Training(model, training_module(model, cfg, device), trainable, optimizer, scheduler,
+    optimization = recipe.optimization(model, cfg)
+    # several processes: the loss's hard choices (e.g. a threshold) over the global batch
+    loss = recipe.loss(cfg, across_ranks=distributed.world_size() > 1)
+    return Training(model, training_module(model, cfg, device), loss, optimization.clip_params,
+                    optimization.max_grad_norm, optimization.optimizer, optimization.scheduler,
                     torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16"))
 
 
-def train_step(t: Training, img: torch.Tensor, it: int, cfg: Config) -> float:
+def train_step(t: Training, img: torch.Tensor, it: int, cfg: RunConfig) -> float:
     """Iteration `it` on the batch `img` (`B × 3 × H × W`, on the device; this process's
-    share with several): forward → loss → backward → clip → step → next lr (spec §4).
+    share with several): forward → loss → backward → clip → step → next lr.
     Returns the loss of the global batch."""
-    # forward (--amp: under autocast), then the features in fp32 for the loss
+    # forward (--amp: under autocast); the loss takes the outputs as they come
     with torch.autocast(img.device.type, dtype=AMP_DTYPES[cfg.amp], enabled=cfg.amp != "none"):
-        en, de = t.net(img)
-    en, de = [e.float() for e in en], [d.float() for d in de]  # fp32 already: no-op
-    # loss: the hard-mining share p ramps 0 -> 0.9 over the first 1000 iterations (spec §4);
-    # with several processes, its threshold is the whole global batch's
-    p = min(cfg.hm_p_max * it / cfg.hm_ramp_iters, cfg.hm_p_max)
-    loss = utils.global_cosine_hm_percent(en, de, p=p, factor=cfg.hm_factor,
-                                          across_ranks=distributed.world_size() > 1)
+        outputs = t.net(img)
+    loss = t.loss(outputs, it)
     # backward (several processes: DDP averages the gradients over the ranks)
     t.optimizer.zero_grad()
     t.scaler.scale(loss).backward()
     # clip: global L2 norm of the trainable gradients (fp16: unscaled first)
     t.scaler.unscale_(t.optimizer)
-    nn.utils.clip_grad_norm_(t.trainable, max_norm=cfg.clip_grad)
+    nn.utils.clip_grad_norm_(t.trainable, max_norm=t.max_grad_norm)
     # step (fp16: skipped if the gradients overflowed), then the scheduler sets the next lr
     t.scaler.step(t.optimizer)
     t.scaler.update()

@@ -1,9 +1,10 @@
-"""OK/NG decision thresholds (issue 12): the F1-max thresholds of an evaluation, pooled ones
-for multi-class models, calibration on normal images, and `thresholds.json`.
+"""OK/NG decision thresholds: the F1-max thresholds of an evaluation, pooled ones for
+multi-class models, calibration on normal images, and `thresholds.json`.
 
 The decision is always `anomalous = score > threshold`.
 
-- Per class, from the same sort as the reported metrics (`metrics.binary_metrics_and_threshold`):
+- Per class, from the same sort as the reported metrics (`metrics.binary_metrics_and_threshold`,
+  in `evaluation.class_metrics`):
   the image threshold over the class's image scores, the pixel threshold over all its map
   pixels. `score > threshold` is exactly the partition whose F1 is the reported I-F1 /
   P-F1 (the threshold sits midway between the lowest score kept and the next one below).
@@ -23,10 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.evaluation import EvalMaps
 from engine.fileio import atomic_write_text
 from engine.heatmaps import class_scale
-from engine.metrics import binary_metrics_and_threshold, compute_pro
+from engine.maps import EvalMaps
+from engine.metrics import binary_metrics_and_threshold
 
 THRESHOLDS_NAME = "thresholds.json"  # in the run folder, written by every evaluation
 FORMAT = 1  # thresholds.json's layout version
@@ -54,9 +55,9 @@ class Thresholds:
         return out
 
 
-def _f1_max_or_none(y_true: np.ndarray, y_score: np.ndarray) -> tuple[float, float, float, float | None, float | None]:
+def f1_max_or_none(y_true: np.ndarray, y_score: np.ndarray) -> tuple[float, float, float, float | None, float | None]:
     """(AUROC, AP, F1-max, threshold, F1) — nan, nan, nan, None, None when `y_true` holds one
-    class only (as `evaluation.metrics_of`: a ranking metric needs both)."""
+    class only (a ranking metric needs both; the reference fails there)."""
     if y_true.all() or not y_true.any():
         return math.nan, math.nan, math.nan, None, None
     auroc, ap, f1, threshold = binary_metrics_and_threshold(y_true, y_score)
@@ -68,18 +69,6 @@ def map_scale(maps: np.ndarray) -> tuple[float, float]:
     from two reductions (no float64 copy of a whole test set's maps). The maps are finite:
     the pixel metrics have refused NaN and infinity already."""
     return class_scale(np.array([np.min(maps), np.max(maps)], dtype=np.float64))
-
-
-def metrics_and_thresholds(result: EvalMaps) -> tuple[list[float], Thresholds]:
-    """`evaluation.metrics_of(result)` (the same seven values, bit for bit) and the class's
-    thresholds, from one sort of the image scores and one of the pixels."""
-    auroc_sp, ap_sp, f1_sp, image, image_f1 = _f1_max_or_none(result.labels, result.scores)
-    auroc_px, ap_px, f1_px, pixel, pixel_f1 = _f1_max_or_none(result.masks.ravel(), result.maps.ravel())
-    aupro_px = compute_pro(result.masks, result.maps)
-    n_anomalous = int(result.labels.sum())
-    thresholds = Thresholds(image, image_f1, pixel, pixel_f1, map_scale(result.maps),
-                            len(result.labels) - n_anomalous, n_anomalous)
-    return [auroc_sp, ap_sp, f1_sp, auroc_px, ap_px, f1_px, aupro_px], thresholds
 
 
 # ----------------------------------------------------------------------------- pooled
@@ -144,7 +133,7 @@ class PooledThresholds:
 
     def result(self) -> Thresholds:
         scores, labels = np.concatenate(self.scores), np.concatenate(self.labels)
-        _, _, _, image, image_f1 = _f1_max_or_none(labels, scores)
+        _, _, _, image, image_f1 = f1_max_or_none(labels, scores)
         pixel, pixel_f1 = self._pixel_threshold()
         n_anomalous = int(labels.sum())
         return Thresholds(image, image_f1, pixel, pixel_f1, (self.low, self.high),
@@ -163,23 +152,35 @@ def calibrated_threshold(scores: np.ndarray, quantile: float) -> float:
 
 # ----------------------------------------------------------------------------- thresholds.json
 
-def update_thresholds_file(path: Path, entries: dict[str, dict[str, object]],
-                           pooled: dict[str, object] | None, settings: dict[str, object]) -> None:
-    """Write `thresholds.json` atomically: the classes of `entries` replace theirs, others
-    stay (a class-separated run evaluates one class at a time); `pooled` replaces the
-    pooled entry when given. Each entry: `Thresholds.as_json()` plus the iteration and the
-    checkpoint it belongs to."""
-    data: dict[str, object] = {"classes": {}}
-    if path.is_file():
+class ThresholdsFile:
+    """`thresholds.json`, held in memory and written whole (atomically) at every update: the
+    run's settings, every class's entry (`Thresholds.as_json()` plus the iteration and the
+    checkpoint it belongs to; a class-separated run adds one class at a time) and, for a
+    multi-class model, the pooled entry (an update without one keeps the last)."""
+
+    def __init__(self, path: Path, settings: dict[str, object]) -> None:
+        self.path, self.settings = path, settings
+        self.classes: dict[str, dict[str, object]] = {}
+        self.pooled: dict[str, object] | None = None
+
+    def take_over(self) -> None:
+        """`--resume`: the entries the file holds (none when it is missing or unreadable)."""
         try:
-            data = json.loads(path.read_text())
+            data = read_thresholds(self.path)
         except (OSError, ValueError):
-            data = {"classes": {}}  # unreadable: rewritten whole
-    classes = {**data.get("classes", {}), **entries}
-    data = {"format": FORMAT, "decision": DECISION, **settings, "classes": classes,
-            **({"pooled": pooled} if pooled is not None else
-               {"pooled": data["pooled"]} if "pooled" in data else {})}
-    atomic_write_text(path, json.dumps(data, indent=2, allow_nan=False) + "\n")
+            return
+        self.classes, self.pooled = dict(data["classes"]), data.get("pooled")
+
+    @property
+    def data(self) -> dict[str, object]:
+        return {"format": FORMAT, "decision": DECISION, **self.settings, "classes": self.classes,
+                **({"pooled": self.pooled} if self.pooled is not None else {})}
+
+    def update(self, entries: dict[str, dict[str, object]],
+               pooled: dict[str, object] | None = None) -> None:
+        self.classes.update(entries)
+        self.pooled = self.pooled if pooled is None else pooled
+        atomic_write_text(self.path, json.dumps(self.data, indent=2, allow_nan=False) + "\n")
 
 
 def read_thresholds(path: Path) -> dict[str, object]:

@@ -8,16 +8,13 @@ import argparse
 import math
 from collections.abc import Callable
 
-import dataset
 import models
 from engine import checks
-from engine.cli import ArgumentParser
-from engine.fileio import WriteError
-from engine.onnx_export import ExportError
+from engine.errors import ArgumentParser, run_command
 
 
 def new_parser(description: str) -> ArgumentParser:
-    """An argparse parser whose errors are one line (`engine.cli.ArgumentParser`)."""
+    """An argparse parser whose errors are one line (`engine.errors.ArgumentParser`)."""
     return ArgumentParser(description=description)
 
 
@@ -28,7 +25,7 @@ def add_model_flags(p: argparse.ArgumentParser, checkpoint_required: bool = True
     p.add_argument("--class", dest="class_name", metavar="NAME",
                    help="the class of the images: its model (class-separated runs), thresholds "
                         "and colour scale")
-    p.add_argument("--encoder", choices=models.ENCODER_NAMES, metavar="NAME",
+    p.add_argument("--encoder", choices=models.encoder_names(), metavar="NAME",
                    help="the encoder of a bare model.pth")
     p.add_argument("--image_size", type=int, help="resize side of a bare model.pth (default 448)")
     p.add_argument("--crop_size", type=int, help="centre crop of a bare model.pth (default 392)")
@@ -56,18 +53,7 @@ def finite_float(text: str) -> float:
     return value
 
 
-# errors of files and data, not of flags: exit status 1
-FILE_ERRORS = (dataset.DatasetError, models.EncoderError, ExportError, WriteError, OSError)
-
-
 def run_tool(body: Callable[[], None]) -> None:
     """Run `body`; a CheckError ends in `error: …` with status 2, a file or data error with 1,
-    Ctrl-C with 130."""
-    try:
-        body()
-    except checks.CheckError as err:
-        raise checks.stop(f"error: {err}", 2) from None
-    except FILE_ERRORS as err:
-        raise checks.stop(f"error: {err}", 1) from None
-    except KeyboardInterrupt:
-        raise checks.stop("interrupted", 130) from None
+    Ctrl-C with 130 (`engine.errors.exit_line`)."""
+    run_command(body)

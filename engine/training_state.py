@@ -1,4 +1,4 @@
-"""Resume checkpoints (issue 6): everything a stopped run needs to continue exactly.
+"""Resume checkpoints: everything a stopped run needs to continue exactly.
 
     save_training_state(path, model, optimizer, scheduler, progress, config, results)  # atomic
     state = load_training_state(path)                                                 # checked
@@ -43,6 +43,7 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
+from engine.errors import TrainingStateError
 from engine.fileio import atomic_write
 from engine.generators import all_rng_states, rng_state, set_rng_state  # noqa: F401  (re-exported)
 from models.vit_encoder import EncoderError, load_file, load_strict
@@ -71,14 +72,10 @@ RESUME_FREE = frozenset({
     "max_restarts",
     "demo",
     "encoder_changed",   # a record of which settings the encoder set (they are compared)
-    "cache_images",      # speed (issue 5): the same tensors, the same order of random draws
+    "cache_images",      # speed: the same tensors, the same order of random draws
     "compile",           # the same random draws as eager (step.INDUCTOR_OPTIONS); rounding only
     "tf32",              # rounding only, like --device: a continuation is then not bit-exact
 })
-
-
-class TrainingStateError(Exception):
-    """A resume checkpoint that is missing, unreadable, or does not fit this run."""
 
 
 @dataclass

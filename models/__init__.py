@@ -1,11 +1,32 @@
-"""Dinomaly models: `build_dinomaly`, `load_checkpoint` and the building blocks."""
+"""Dinomaly models: `build_dinomaly`, `load_checkpoint`, the building blocks, and the
+encoder families: every `models/<package>/family.py` registers its family when `models` is
+imported (DINOv2, DINOv2 with registers, DINOv3; a new family is a new such file)."""
+import importlib
+import importlib.util
+import pkgutil
+
 from . import uad, vision_transformer, vit_encoder
 from .build import build_dinomaly
 from .checkpoint import CheckpointError, CheckpointMismatch, load_checkpoint
+from .encoder_family import (ENCODER_FAMILIES, EncoderArch, EncoderError, EncoderFamily,
+                             encoder_names, encoder_settings, find_encoder,
+                             register_encoder_family)
 from .uad import ViTill
 from .vision_transformer import Block, LinearAttention, LinearAttention2, NoisyBottleneck, bMlp
-from .vit_encoder import ENCODER_NAMES, EncoderError
 
-__all__ = ["Block", "CheckpointError", "CheckpointMismatch", "ENCODER_NAMES", "EncoderError",
-           "LinearAttention", "LinearAttention2", "NoisyBottleneck", "ViTill", "bMlp",
-           "build_dinomaly", "load_checkpoint", "uad", "vision_transformer", "vit_encoder"]
+__all__ = ["Block", "CheckpointError", "CheckpointMismatch", "ENCODER_FAMILIES", "ENCODER_NAMES",
+           "EncoderArch", "EncoderError", "EncoderFamily", "LinearAttention", "LinearAttention2",
+           "NoisyBottleneck", "ViTill", "bMlp", "build_dinomaly", "encoder_names",
+           "encoder_settings", "find_encoder", "load_checkpoint", "register_encoder_family", "uad",
+           "vision_transformer", "vit_encoder"]
+
+
+for _package in pkgutil.iter_modules(__path__):  # the encoder families, in name order
+    if _package.ispkg and importlib.util.find_spec(f"{__name__}.{_package.name}.family"):
+        importlib.import_module(f"{__name__}.{_package.name}.family")
+
+
+def __getattr__(name: str) -> tuple[str, ...]:
+    if name == "ENCODER_NAMES":  # every registered encoder name (a live view of the registry)
+        return encoder_names()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -5,7 +5,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .vit_encoder import EncoderError, KeyMismatch, load_file, load_strict
+from .encoder_family import EncoderError
+from .weights_file import KeyMismatch, load_file, load_strict
 
 
 class CheckpointError(EncoderError):

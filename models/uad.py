@@ -3,8 +3,7 @@ linear-attention decoder, compared group by group ("loose reconstruction", §3.4
 import torch
 from torch import nn
 
-from .dinov2 import DinoVisionTransformer
-from .dinov3 import DinoVisionTransformer as DinoV3VisionTransformer
+from .encoder_family import Encoder
 
 
 class ViTill(nn.Module):
@@ -14,10 +13,10 @@ class ViTill(nn.Module):
     `patch_tokens_only=False` (the reference, DINOv2): all tokens, cls and registers
     included, enter the bottleneck and the decoder, and are dropped only for the maps.
     `True` (the DINOv3 fork): cls and storage tokens are dropped right after the encoder.
+    The encoder is any `encoder_family.Encoder`.
     """
 
-    def __init__(self, encoder: DinoVisionTransformer | DinoV3VisionTransformer,
-                 bottleneck: nn.ModuleList,
+    def __init__(self, encoder: Encoder, bottleneck: nn.ModuleList,
                  decoder: nn.ModuleList, target_layers: list[int] = (2, 3, 4, 5, 6, 7, 8, 9),
                  fuse_layer_encoder: list[list[int]] = ((0, 1, 2, 3, 4, 5, 6, 7),),
                  fuse_layer_decoder: list[list[int]] = ((0, 1, 2, 3, 4, 5, 6, 7),),
@@ -31,7 +30,6 @@ class ViTill(nn.Module):
         self.fuse_layer_decoder = [list(g) for g in fuse_layer_decoder]
         self.patch_tokens_only = patch_tokens_only
         self.num_prefix_tokens = 1 + encoder.num_register_tokens  # cls + registers/storage
-        self.uses_rope = isinstance(encoder, DinoV3VisionTransformer)  # blocks take (x, rope)
 
     @staticmethod
     def fuse_feature(feat_list: list[torch.Tensor]) -> torch.Tensor:
@@ -43,10 +41,10 @@ class ViTill(nn.Module):
         H, W = x.shape[-2:]
         with torch.no_grad():
             x = self.encoder.prepare_tokens(x)
-            rope = self.encoder.rope(H, W) if self.uses_rope else None  # DINOv3: once per input
+            args = self.encoder.block_args(H, W)  # once per input (DINOv3: the RoPE sin/cos)
             en_list = []
             for i, blk in enumerate(self.encoder.blocks[: self.target_layers[-1] + 1]):
-                x = blk(x) if rope is None else blk(x, rope)
+                x = blk(x, *args)
                 if i in self.target_layers:
                     en_list.append(x)
         return en_list

@@ -1,4 +1,4 @@
-"""Convert the VisA archive into the MVTec AD layout that ``dataset.MVTecDataset`` reads (spec §1).
+"""Convert the VisA archive into the MVTec AD layout that ``dataset.MVTecDataset`` reads.
 
     python prepare_data/prepare_visa.py --split-type 1cls --data-folder ../VisA --save-folder ../VisA_pytorch
 
@@ -173,7 +173,7 @@ def prepare(split_type: str, data_folder: str | os.PathLike, save_folder: str | 
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Convert VisA into the MVTec AD layout (Dinomaly, spec §1).")
+    parser = argparse.ArgumentParser(description="Convert VisA into the MVTec AD layout (as Dinomaly's reference does).")
     parser.add_argument("--split-type", default="1cls", choices=SPLIT_TYPES)
     parser.add_argument("--data-folder", default="../VisA", help="the unpacked VisA archive")
     parser.add_argument("--save-folder", default="../VisA_pytorch", help="output root; <split-type>/ is created in it")

@@ -25,7 +25,7 @@ def tiny_run(tmp_path_factory) -> dict[str, Path]:
     evaluation needs no encoder weights)."""
     import synth
     from engine.cli import main
-    from engine.config import Config
+    from recipes.dinomaly import Config
 
     root = tmp_path_factory.mktemp("tiny_run")
     data = synth.make_mvtec(root / "data", classes=("aaa", "bbb"), n_train=3)

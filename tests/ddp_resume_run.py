@@ -10,6 +10,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import engine.cli  # noqa: E402
+from recipes.dinomaly import Config  # noqa: E402
 from engine import training_state  # noqa: E402
 
 
@@ -25,7 +26,7 @@ def main() -> None:
         return gather(*args)
 
     training_state.all_rng_states = gather_or_stop  # the trainer calls it through the module
-    engine.cli.main(engine.cli.Config(), sys.argv[1:])
+    engine.cli.main(Config(), sys.argv[1:])
 
 
 if __name__ == "__main__":

@@ -16,14 +16,15 @@ import numpy as np  # noqa: E402
 
 import dataset  # noqa: E402
 import engine.cli  # noqa: E402
-from engine import eval_shards, evaluation  # noqa: E402
+from recipes.dinomaly import Config  # noqa: E402
+from engine import maps  # noqa: E402
 import utils  # noqa: E402
 
 
 def main() -> None:
     losses: list[float] = []
     stats = {"eval_images": 0, "image_checks": 0}
-    loss_fn, collect, check = utils.global_cosine_hm_percent, evaluation.collect_maps, \
+    loss_fn, collect, check = utils.global_cosine_hm_percent, maps.collect_maps, \
         dataset.check_images
     share = dataset.SharedCache.array
     files: list[str] = []  # the shared caches' files
@@ -33,9 +34,9 @@ def main() -> None:
         losses.append(loss.item())
         return loss
 
-    def collecting(model, loader, *args, **kwargs):
+    def collecting(pipeline, loader, *args, **kwargs):
         stats["eval_images"] += len(loader.dataset)
-        return collect(model, loader, *args, **kwargs)
+        return collect(pipeline, loader, *args, **kwargs)
 
     def checking(files, *args, **kwargs):
         stats["image_checks"] += len(files)
@@ -50,13 +51,13 @@ def main() -> None:
         return array
 
     utils.global_cosine_hm_percent = recording  # the trainer calls it through `utils.`
-    evaluation.collect_maps = collecting  # through `evaluation.`
+    maps.collect_maps = collecting  # through `maps.`
     dataset.check_images = checking  # through `dataset.`
     dataset.SharedCache.array = sharing
     if "DDP_GATHER_IMAGES" in os.environ:
-        eval_shards.GATHER_IMAGES = int(os.environ["DDP_GATHER_IMAGES"])
+        maps.GATHER_IMAGES = int(os.environ["DDP_GATHER_IMAGES"])
     # hard mining at full strength from the second step on: the threshold matters at once
-    engine.cli.main(engine.cli.Config(hm_ramp_iters=1), sys.argv[1:])
+    engine.cli.main(Config(hm_ramp_iters=1), sys.argv[1:])
     out, rank = Path(os.environ["DDP_TEST_OUT"]), os.environ.get("RANK", "0")
     (out / f"losses_rank{rank}.json").write_text(json.dumps(losses))
     stats["cache_files_left"] = [f for f in files if os.path.exists(f)]

@@ -1,6 +1,6 @@
 """DINOv3 test helpers: random checkpoints written key by key in the official and timm
 layouts, and plain float64 oracles of the RoPE, one block and the token recipe, all
-written from shared/DINOV3.md, independently of `models.dinov3`."""
+written from the published facts, independently of `models.dinov3`."""
 import math
 
 import torch
@@ -14,7 +14,7 @@ BF16_PERIODS = torch.tensor([100 ** (2 * i / 32) for i in range(16)],
 
 def official_v3_state_dict(swiglu: bool = False, seed: int = 0) -> dict[str, torch.Tensor]:
     """A random ViT-S/16 (or S+/16) checkpoint written key by key in the official DINOv3
-    format (shared/DINOV3.md), independently of our module. The qkv bias is random on all
+    format (the published key list), independently of our module. The qkv bias is random on all
     three thirds, so that the stored mask has something to switch off."""
     g = torch.Generator().manual_seed(seed)
 

@@ -1,4 +1,4 @@
-"""CUDA-only checks of issue 10 (skipped without a GPU; `benchmarks/gpu_bench.sh` runs them:
+"""CUDA-only checks of the GPU fast paths (skipped without a GPU; `benchmarks/gpu_bench.sh` runs them:
 `python3 -m pytest tests -m cuda`). What the CPU tests cannot see: hidden host-device
 synchronisations (CUDA's sync debug mode), fp16 linear attention on tensor cores, the flat
 optimizer on the GPU, the device generator on resume, inductor's dropout masks on CUDA, the
@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from engine import distributed, generators
-from engine.config import Config
+from recipes.dinomaly import Config
 from engine.step import INDUCTOR_OPTIONS, setup_training, train_step
 from models.vision_transformer import bMlp
 from test_fast_paths import todays_attention, two_optimizers, vitb_attention

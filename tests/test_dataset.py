@@ -1,4 +1,4 @@
-"""Datasets and transforms (spec §1) on synthetic trees in the real layouts."""
+"""Datasets and transforms on synthetic trees in the real layouts."""
 import os
 from pathlib import Path
 

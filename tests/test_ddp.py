@@ -21,7 +21,7 @@ import pytest
 import torch
 
 import synth
-from engine import eval_shards
+from engine import maps
 
 REPO = Path(__file__).resolve().parent.parent
 HELPER = Path(__file__).resolve().parent / "ddp_run.py"
@@ -175,7 +175,7 @@ def test_evaluation_shares_are_whole_batches_in_order(n, batch, processes):
     """Each rank's share is a contiguous run of the batches one process forms (the same
     batches: the same maps bit for bit), numbers of batches differing by at most one, rank 0
     holding the first; together, in rank order, every image once."""
-    shares = [eval_shards.share(n, r, processes, batch) for r in range(processes)]
+    shares = [maps.share(n, r, processes, batch) for r in range(processes)]
     assert [i for s in shares for i in s] == list(range(n))
     assert len(shares[0]) > 0
     assert all(s.start % batch == 0 for s in shares if len(s))

@@ -16,9 +16,10 @@ from engine import demo_data
 from engine import heatmaps
 import synth
 from engine.cli import main, parse_args
-from engine.config import Config
+from recipes.dinomaly import Config
 from engine.run import run
 from models import vit_encoder
+from models.dinov2 import family as dinov2_family
 
 REPO = Path(__file__).resolve().parent.parent
 SHORT = ["--total_iters", "2", "--image_size", "112", "--crop_size", "98", "--device", "cpu"]
@@ -82,7 +83,7 @@ def official_like_weights(path: Path) -> None:
 def test_demo_encoder_weights(tmp_path, monkeypatch, capsys):
     """Unreachable and not cached: a random encoder, loudly; cached: the official weights."""
     monkeypatch.setenv("DINOMALY_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(vit_encoder, "URL_ROOT", (tmp_path / "offline").as_uri())
+    monkeypatch.setattr(dinov2_family, "URL_ROOT", (tmp_path / "offline").as_uri())
     args = ["--demo", *SHORT, "--data_path", str(tmp_path / "dd"),
             "--save_dir", str(tmp_path / "out")]
     main(Config(), args)

@@ -1,7 +1,7 @@
 """DINOv3 encoders: official key format, RoPE, masked k bias, SwiGLU, weights resolution
 (official cache, timm files), and Dinomaly on top (patch tokens only, eval mode kept).
 
-The checkpoints and oracles (`dinov3_oracles.py`) are written from shared/DINOV3.md,
+The checkpoints and oracles (`dinov3_oracles.py`) are written from the published facts,
 independently of `models.dinov3`.
 """
 from pathlib import Path
@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from models import build_dinomaly, vit_encoder
-from models.build import TARGET_LAYERS
+from models.dinov2.family import DINOV2, DINOV2_REG
+from models.dinov3 import family as dinov3_family
 from models.dinov3 import LinearKMaskedBias, SwiGLUFFN, swiglu_hidden, timm_to_official
 from models.vit_encoder import EncoderError
 
@@ -43,15 +44,16 @@ def test_names_and_registry():
     v3 = ["dinov3_vits16", "dinov3_vits16plus", "dinov3_vitb16", "dinov3_vitl16",
           "dinov3_vith16plus"]
     assert [n for n in vit_encoder.ENCODER_NAMES if n.startswith("dinov3")] == v3
-    assert vit_encoder.ENCODER_NAMES[:6] == vit_encoder.DINOV2_NAMES  # DINOv2 names unchanged
+    assert vit_encoder.ENCODER_NAMES[:6] == (*DINOV2_REG.archs, *DINOV2.archs)  # DINOv2 names unchanged
     assert vit_encoder.parse_name("dinov3_vitb16") == ("base", 4)
     assert vit_encoder.parse_name("dinov3_vith16plus") == ("huge_plus", 4)
     assert vit_encoder.parse_name("dinov2reg_vit_base_14") == ("base", 4)
     assert vit_encoder.checkpoint_url("dinov3_vitl16") == (
         "https://dl.fbaipublicfiles.com/dinov3/dinov3_vitl16/"
         "dinov3_vitl16_pretrain_lvd1689m-8aa4cbdd.pth")
-    a = vit_encoder.DINOV3_ARCHS
-    assert [(a[n].embed_dim, a[n].depth, a[n].num_heads, a[n].ffn, a[n].ffn_ratio) for n in v3] == [
+    a = dinov3_family.ARCHS
+    assert [(a[n].embed_dim, a[n].depth, a[n].num_heads, a[n].options["ffn"],
+             a[n].options["ffn_ratio"]) for n in v3] == [
         (384, 12, 6, "mlp", 4.0), (384, 12, 6, "swiglu", 6.0), (768, 12, 12, "mlp", 4.0),
         (1024, 24, 16, "mlp", 4.0), (1280, 32, 20, "swiglu", 6.0)]
     with pytest.raises(EncoderError, match="unknown encoder"):
@@ -105,10 +107,14 @@ def test_swiglu_hidden_sizes():
 
 def test_target_layers_rule():
     # the rule behind S/B and L (block round(depth·(2+k)/12), k = 0…7) gives H+'s list
+    target_layers = {arch.size: list(arch.target_layers) for arch in dinov3_family.ARCHS.values()}
     for size, depth in (("small", 12), ("base", 12), ("small_plus", 12), ("large", 24),
                         ("huge_plus", 32)):
-        assert TARGET_LAYERS[size] == [round(depth * (2 + k) / 12) for k in range(8)], size
-    assert TARGET_LAYERS["huge_plus"] == [5, 8, 11, 13, 16, 19, 21, 24]
+        assert target_layers[size] == [round(depth * (2 + k) / 12) for k in range(8)], size
+    assert target_layers["huge_plus"] == [5, 8, 11, 13, 16, 19, 21, 24]
+    # the DINOv2 sizes' lists, from the same rule
+    assert vit_encoder.target_layers("dinov2reg_vit_base_14") == target_layers["base"]
+    assert vit_encoder.target_layers("dinov2_vit_large_14") == target_layers["large"]
 
 
 # ---- loading ----
@@ -144,7 +150,7 @@ def test_official_with_empty_cache_is_one_clear_error(tmp_path, monkeypatch):
     msg = str(err.value)
     assert "dinov3_vitb16_pretrain_lvd1689m-73cec8be.pth" in msg
     assert str(cache / "dinov3_vitb16_pretrain_lvd1689m-73cec8be.pth") in msg
-    assert vit_encoder.DINOV3_FORM in msg and "https://dl.fbaipublicfiles.com/dinov3/" in msg
+    assert dinov3_family.FORM in msg and "https://dl.fbaipublicfiles.com/dinov3/" in msg
     assert "\n" not in msg and not cache.exists()  # one message; nothing downloaded
     with pytest.raises(EncoderError, match="DINOv3 download form"):
         vit_encoder.official_weights("dinov3_vitb16")

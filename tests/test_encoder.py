@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from models import vit_encoder
 from models.vit_encoder import EncoderError
+from models.dinov2 import family as dinov2_family
 
 DIM, DEPTH = 384, 12  # ViT-S
 
@@ -111,7 +112,7 @@ def test_official_weights_come_from_the_cache(official_ckpt, tmp_path, monkeypat
 def test_download_is_atomic_and_cached(official_ckpt, tmp_path, monkeypatch):
     # the real download code, pointed at a local file:// URL
     monkeypatch.setenv("DINOMALY_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(vit_encoder, "URL_ROOT", official_ckpt.parent.as_uri() + "/mirror")
+    monkeypatch.setattr(dinov2_family, "URL_ROOT", official_ckpt.parent.as_uri() + "/mirror")
     mirror = official_ckpt.parent / "mirror" / "dinov2_vits14"
     mirror.mkdir(parents=True)
     (mirror / official_ckpt.name).write_bytes(official_ckpt.read_bytes())
@@ -126,7 +127,7 @@ def test_download_is_atomic_and_cached(official_ckpt, tmp_path, monkeypatch):
 
 def test_offline_error_names_url_and_path(tmp_path, monkeypatch):
     monkeypatch.setenv("DINOMALY_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(vit_encoder, "URL_ROOT", (tmp_path / "nowhere").as_uri())
+    monkeypatch.setattr(dinov2_family, "URL_ROOT", (tmp_path / "nowhere").as_uri())
     with pytest.raises(EncoderError) as err:
         vit_encoder.load("dinov2reg_vit_small_14", weights="official")
     msg = str(err.value)

@@ -11,8 +11,9 @@ import torch
 import models
 import synth
 from engine.cli import main
-from engine.config import Config
+from recipes.dinomaly import Config
 from models import vit_encoder
+from models.dinov2 import family as dinov2_family
 
 ENCODER = "dinov2reg_vit_small_14"
 KNOBS = ["--encoder", ENCODER, "--encoder_weights", "random", "--image_size", "112",
@@ -117,7 +118,7 @@ def test_encoder_weights_unreachable_offline(tmp_path, data, monkeypatch):
     cache = tmp_path / "cache"
     cache.mkdir()
     monkeypatch.setenv("DINOMALY_CACHE", str(cache))
-    monkeypatch.setattr(vit_encoder, "URL_ROOT", (tmp_path / "unreachable").as_uri())
+    monkeypatch.setattr(dinov2_family, "URL_ROOT", (tmp_path / "unreachable").as_uri())
     message = stop(tmp_path, "--data_path", str(data), "--classes", "aaa,bbb",
                    "--encoder_weights", "official")
     target = cache / "dinov2_vits14_reg4_pretrain.pth"

@@ -11,8 +11,17 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from torch import nn
 from torch.utils.data import DataLoader, SubsetRandomSampler
 
-from engine.evaluation import EvalMaps, cal_anomaly_maps, collect_maps, evaluation_batch, get_gaussian_kernel
+from engine import maps
+from engine.maps import EvalMaps
 from oracles import reference_f1_max, reference_pro
+from recipes.anomaly_map import AnomalyPipeline, cal_anomaly_maps, get_gaussian_kernel
+from utils import evaluation_batch
+
+
+def collect_maps(model, loader, device, max_ratio=0, resize_mask=None, **kwargs) -> EvalMaps:
+    """The maps of `model` (its anomaly pipeline at `resize_mask`, scores by `max_ratio`)."""
+    return maps.collect_maps(AnomalyPipeline(model, resize_mask, max_ratio), loader, device,
+                             resize_mask, **kwargs)
 
 
 # ----------------------------------------------------------------------------- blur

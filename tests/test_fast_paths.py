@@ -1,4 +1,4 @@
-"""The GPU-ready fast paths of issue 10, checked on CPU against plain oracles (today's
+"""The GPU-ready fast paths, checked on CPU against plain oracles (today's
 formulas written out here): fp32 linear attention bit for bit, its fp16 autocast within
 1 % at realistic scale, the hard-mining hook bit for bit without boolean indexing,
 StableAdamW's flat step equal to the per-tensor form in far fewer aten ops, one host-device
@@ -17,7 +17,7 @@ from torch.profiler import ProfilerActivity, profile
 
 import models
 import utils
-from engine.config import Config
+from recipes.dinomaly import Config
 from engine.step import INDUCTOR_OPTIONS, setup_training, train_step
 from models.init import trunc_normal_
 from models.vision_transformer import LinearAttention2, bMlp
@@ -63,7 +63,7 @@ def host_reads(fn) -> Counter:
 # ----------------------------------------------------------------------------- linear attention
 
 def todays_attention(attn: LinearAttention2, x: torch.Tensor) -> torch.Tensor:
-    """LinearAttention2.forward before issue 10, verbatim."""
+    """LinearAttention2.forward as first written (three einsums), verbatim."""
     B, N, C = x.shape
     qkv = attn.qkv(x).reshape(B, N, 3, attn.num_heads, C // attn.num_heads)
     q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
@@ -120,7 +120,7 @@ def test_fp16_linear_attention_stays_within_one_percent():
 # ----------------------------------------------------------------------------- hard-mining hook
 
 def todays_hook(grad: torch.Tensor, inds: torch.Tensor, factor: float) -> torch.Tensor:
-    """utils.modify_grad before issue 10: boolean indexing."""
+    """utils.modify_grad as the reference writes it: boolean indexing."""
     inds = inds.expand_as(grad)
     grad = grad.clone()
     grad[inds] *= factor

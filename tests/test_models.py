@@ -110,7 +110,7 @@ def test_dropout_zero_turns_all_dropout_off():
 
 
 def test_large_target_layers():
-    assert models.build.TARGET_LAYERS["large"] == [4, 6, 8, 10, 12, 14, 16, 18]
+    assert models.vit_encoder.target_layers("dinov2reg_vit_large_14") == [4, 6, 8, 10, 12, 14, 16, 18]
 
 
 def test_forward_semantics_against_plain_recomputation(small):

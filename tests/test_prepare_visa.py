@@ -1,4 +1,4 @@
-"""prepare_data/prepare_visa.py (spec §1) on a synthetic raw VisA tree."""
+"""prepare_data/prepare_visa.py on a synthetic raw VisA tree."""
 import csv
 import importlib.util
 import subprocess

@@ -5,7 +5,6 @@ Chromium where it is installed."""
 from __future__ import annotations
 
 import csv
-import dataclasses
 import shutil
 import subprocess
 from html.parser import HTMLParser
@@ -15,12 +14,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.config import Config
-from engine.evaluation import EvalMaps
+from recipes.dinomaly import Config
+from engine.evaluation import Evaluation
 from engine.heatmaps import save_class_heatmaps
-from engine.report_html import report_page
-from engine.report_material import Evaluation
-from engine.results import ResultsTable, report, results_page
+from engine.maps import EvalMaps
+from engine.report import Report
+from engine.run import report_settings
+from engine.thresholds import PooledThresholds
+from recipes import recipe_of
 
 
 class Page(HTMLParser):
@@ -107,28 +108,27 @@ def mistaken_maps(root: Path, side: int = 24) -> EvalMaps:
     return EvalMaps(maps, masks, scores, labels, images(root, n))
 
 
-def write_run(tmp_path: Path, save_maps: bool) -> tuple[Path, Evaluation]:
+def write_run(tmp_path: Path, save_maps: bool) -> tuple[Path, Evaluation, Config]:
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     cfg = Config(save_name="run", classes=("c1", "c2"), image_size=40, crop_size=28, save_dir=str(tmp_path))
-    evaluation = Evaluation(cfg)
+    evaluation = Evaluation(pooled=PooledThresholds())
     for name in cfg.classes:
         maps = mistaken_maps(tmp_path / "data" / name)
         if save_maps:
             save_class_heatmaps(run_dir, name, maps.paths, maps.maps, maps.masks, maps.scores, maps.labels, 40, 28)
-        evaluation.add_class(name, maps, run_dir if save_maps else None)
-    table = ResultsTable(run_dir / "results.csv", results_page(cfg), report_page(cfg, run_dir))
-    report(evaluation, 7, lambda line: None, table, with_mean=True)
-    return run_dir, evaluation
+        evaluation.add(name, maps, run_dir if save_maps else None)
+    Report(run_dir, lambda line: None, report_settings(cfg, recipe_of(cfg))).evaluation(evaluation, 7, with_mean=True)
+    return run_dir, evaluation, cfg
 
 
 @pytest.mark.parametrize("save_maps", [False, True])
 def test_worst_cases_link_to_their_heatmaps(tmp_path, save_maps):
-    run_dir, evaluation = write_run(tmp_path, save_maps)
+    run_dir, evaluation, _ = write_run(tmp_path, save_maps)
     page = check_page(run_dir)
     links = [a["href"] for t, a in page.tags if t == "a"]
     thumbs = [a["src"] for t, a in page.tags if t == "img"]
-    cases = [c for name in ("c1", "c2") for c in evaluation.material[name].cases]
+    cases = [c for name in ("c1", "c2") for c in evaluation.classes[name].cases]
     assert {c.kind for c in cases} == {"fn", "fp"}  # both kinds occur in these scores
     assert len(links) == len(thumbs) == len(cases)
     assert all(t.startswith("report/") and t.endswith("_thumb.png") for t in thumbs)
@@ -139,21 +139,19 @@ def test_worst_cases_link_to_their_heatmaps(tmp_path, save_maps):
         assert all(link.startswith("report/") for link in links)
     # the cases are those of the threshold in thresholds.json
     text = (run_dir / "report.html").read_text()
-    threshold = evaluation.material["c1"].thresholds.image
+    threshold = evaluation.classes["c1"].thresholds.image
     assert f"threshold {threshold:.5g}" in text
     assert 0.3 > threshold > 0.25
-    fn = [c.score for c in evaluation.material["c1"].cases if c.kind == "fn"]
-    fp = [c.score for c in evaluation.material["c1"].cases if c.kind == "fp"]
+    fn = [c.score for c in evaluation.classes["c1"].cases if c.kind == "fn"]
+    fp = [c.score for c in evaluation.classes["c1"].cases if c.kind == "fp"]
     assert fn == [np.float32(0.15)] and fp == [np.float32(0.85), np.float32(0.35)]
 
 
 def test_pictures_of_an_earlier_evaluation_are_removed(tmp_path):
-    run_dir, evaluation = write_run(tmp_path, save_maps=False)
+    run_dir, evaluation, cfg = write_run(tmp_path, save_maps=False)
     stale = run_dir / "report" / "c1" / "fp_9.png"
     stale.write_bytes(b"old")
-    cfg = dataclasses.replace(evaluation.cfg)
-    table = ResultsTable(run_dir / "results.csv", results_page(cfg), report_page(cfg, run_dir))
-    report(evaluation, 8, lambda line: None, table, with_mean=True)
+    Report(run_dir, lambda line: None, report_settings(cfg, recipe_of(cfg))).evaluation(evaluation, 8, with_mean=True)
     assert not stale.exists()
     check_page(run_dir)
 
@@ -164,7 +162,7 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or (
 
 @pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium is not installed")
 def test_screenshot_in_headless_chromium(tmp_path):
-    run_dir, _ = write_run(tmp_path, save_maps=False)
+    run_dir, _, _ = write_run(tmp_path, save_maps=False)
     shot = tmp_path / "shot.png"
     subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", f"--screenshot={shot}",
                     "--window-size=1200,2000", (run_dir / "report.html").as_uri()],

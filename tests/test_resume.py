@@ -18,7 +18,7 @@ import torch
 
 import synth
 from engine.cli import main
-from engine.config import Config
+from recipes.dinomaly import Config
 from engine.run import run
 from engine import training_state
 import utils

@@ -1,4 +1,4 @@
-"""Issue 9, the run's side: every bad setting or environment stops before anything is
+"""The run's side of the error policy: every bad setting or environment stops before anything is
 written, with one line naming the flag or path; a failed start leaves nothing behind; a
 run stopped later (Ctrl-C, a full disk) says where its last checkpoint is and resumes;
 classes whose metrics are not defined give nan, left out of the mean with a note; files
@@ -30,13 +30,15 @@ from engine import checks
 from engine import evaluation
 from engine import fileio
 import models
-from engine import results as report
+from engine import report
 import synth
 import engine.loop
 from engine.cli import main, parse_args
-from engine.config import Config
+from recipes.anomaly_map import AnomalyPipeline
+from recipes.dinomaly import Config
 from engine.data import build_datasets
-from engine.results import METRIC_NAMES
+from engine.evaluation import IMAGE_AND_PIXEL_METRICS as METRIC_NAMES
+from engine.maps import EvalMaps, collect_maps
 from engine.run import run
 from engine.step import train_step
 from conftest import TINY
@@ -552,8 +554,8 @@ def test_classes_with_undefined_metrics(tmp_path, tiny_run):
     models.load_checkpoint(model, tiny_run["model"])
     test_set = build_datasets(parse_args(Config(), [
         *TINY, "--data_path", str(data), "--classes", "nogood"]), ["nogood"])[1]["nogood"]
-    maps = evaluation.collect_maps(model, torch.utils.data.DataLoader(test_set, batch_size=2),
-                                   "cpu", max_ratio=0.01, resize_mask=256)
+    maps = collect_maps(AnomalyPipeline(model, 256, 0.01),
+                        torch.utils.data.DataLoader(test_set, batch_size=2), "cpu", resize_mask=256)
     assert values["nogood"][3] == pytest.approx(roc_auc_score(maps.masks.ravel(), maps.maps.ravel()),
                                                 abs=1e-9)
     assert values["nogood"][4] == pytest.approx(
@@ -580,7 +582,7 @@ def test_metrics_of_one_class_sets_are_nan():
     masks = np.zeros((3, 8, 8), dtype=bool)
     masks[1, 2:5, 2:5] = True
     scores = rng.random(3).astype(np.float32)
-    result = evaluation.EvalMaps(maps, masks, scores, np.array([1, 1, 1], dtype=bool), ["a"] * 3)
+    result = EvalMaps(maps, masks, scores, np.array([1, 1, 1], dtype=bool), ["a"] * 3)
     values = evaluation.metrics_of(result)
     assert all(math.isnan(v) for v in values[:3])
     assert values[3] == pytest.approx(roc_auc_score(masks.ravel(), maps.ravel()), abs=1e-12)

@@ -20,15 +20,29 @@ import models
 import synth
 from test_reference_init import reference_dinomaly
 from engine.cli import parse_args
-from engine.config import Config
-from engine.data import discover_classes
-from engine.results import METRIC_NAMES, format_result
-from engine.run import prepare_run_dir, run
+from recipes.dinomaly import Config
+from engine.errors import run_command
+from engine.evaluation import IMAGE_AND_PIXEL_METRICS as METRIC_NAMES
+from engine.report import format_result
+from engine.run import run
+from engine.run_folder import RunFolder
+
+
+def discover_classes(name: str, root: str) -> list[str]:
+    """`--classes auto` of dataset `name`: its layout's discovery."""
+    return dataset.dataset_spec(name).layout.discover(root)
+
+
+def prepare_run_dir(cfg: Config) -> Path:
+    """The run folder of `cfg`, created as a run creates it (a refusal is its one line)."""
+    folder = RunFolder(Path(cfg.save_dir) / cfg.save_name, cfg.resume)
+    run_command(folder.create)
+    return folder.path
 import utils
 
 REPO = Path(__file__).resolve().parent.parent
 ENCODER = "dinov2reg_vit_small_14"
-VITS_KEYS = 276  # spec §7: ViT-S Dinomaly state_dict
+VITS_KEYS = 276  # the reference's ViT-S Dinomaly state_dict
 # the test-mode knobs: random ViT-S, 112 -> 98 px, 4 iterations of batch 2, evaluated twice
 KNOBS = ["--encoder", ENCODER, "--encoder_weights", "random", "--image_size", "112",
          "--crop_size", "98", "--total_iters", "4", "--batch_size", "2", "--eval_every", "2",
@@ -349,7 +363,7 @@ def test_result_line_format():
 
 
 def test_script_configs_follow_the_spec():
-    """Spec §4 settings of the six scripts (and the two MPDD ones, the MVTec settings), read
+    """The reference's settings of the six scripts (and the two MPDD ones, the MVTec settings), read
     from their configuration blocks."""
     import importlib
     expected = {  # total_iters, eval_every, dropout, eps, separate, cudnn_benchmark, classes

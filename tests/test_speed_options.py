@@ -1,4 +1,4 @@
-"""The speed options of issue 5 on CPU: SDPA at the real token count, --amp, --cache_images
+"""The speed options on CPU: SDPA at the real token count, --amp, --cache_images
 (through the trainer's builders), --compile (wiring; graph capture with the aot_eager
 backend), the global-batch sampler against RandomSampler, and the flags in config.json.
 Timing is the benchmarks' business (benchmarks/bench_train.py), not asserted here."""
@@ -17,7 +17,7 @@ import models
 import synth
 import engine.step
 from engine.cli import parse_args
-from engine.config import Config
+from recipes.dinomaly import Config
 from engine.data import build_datasets, make_train_loader
 from engine.run import run, speed_options
 from engine.run_folder import write_config

@@ -1,6 +1,6 @@
 """thresholds.py and metrics.binary_metrics_and_threshold: the F1-max thresholds against a
 brute-force oracle (every partition `score > t` tried), the same seven metrics as
-evaluation.metrics_of, pooled thresholds, calibration, thresholds.json."""
+evaluation.metrics_of (evaluation.class_metrics), pooled thresholds, calibration, thresholds.json."""
 from __future__ import annotations
 
 import json
@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 
 from engine import metrics
-from engine.evaluation import EvalMaps, metrics_of
+from engine.evaluation import class_metrics as metrics_and_thresholds
+from engine.evaluation import metrics_of, worst_cases
+from engine.maps import EvalMaps
 from engine.metrics import binary_metrics, binary_metrics_and_threshold
-from engine.report_material import worst_cases
-from engine.thresholds import (PooledThresholds, calibrated_threshold, metrics_and_thresholds,
-                               read_thresholds, update_thresholds_file)
+from engine.thresholds import PooledThresholds, ThresholdsFile, calibrated_threshold, read_thresholds
 
 
 def f1_at(y_true: np.ndarray, y_score: np.ndarray, threshold: float) -> float:
@@ -170,16 +170,17 @@ def test_thresholds_file_merges_classes(tmp_path):
     path = tmp_path / "thresholds.json"
     entry = {"image": 0.5, "image_f1": 0.9, "pixel": 0.4, "pixel_f1": 0.6, "scale": [0.1, 0.9],
              "n_normal": 2, "n_anomalous": 2, "iteration": 5, "checkpoint": "aaa/model.pth"}
-    update_thresholds_file(path, {"aaa": entry}, None, {"encoder": "x"})
-    update_thresholds_file(path, {"bbb": {**entry, "image": 0.7}}, None, {"encoder": "x"})
+    thresholds = ThresholdsFile(path, {"encoder": "x"})
+    thresholds.update({"aaa": entry})
+    thresholds.update({"bbb": {**entry, "image": 0.7}})
     data = read_thresholds(path)
     assert list(data["classes"]) == ["aaa", "bbb"] and data["classes"]["bbb"]["image"] == 0.7
     assert data["decision"] == "anomalous = score > threshold" and "pooled" not in data
-    update_thresholds_file(path, {"aaa": {**entry, "image": 0.6}}, {**entry, "classes": ["aaa"]}, {})
+    thresholds.update({"aaa": {**entry, "image": 0.6}}, {**entry, "classes": ["aaa"]})
     data = read_thresholds(path)
     assert data["classes"]["aaa"]["image"] == 0.6 and data["classes"]["bbb"]["image"] == 0.7
     assert data["pooled"]["classes"] == ["aaa"]
-    update_thresholds_file(path, {"bbb": entry}, None, {})  # no pooled given: the old one stays
+    thresholds.update({"bbb": entry})  # no pooled given: the old one stays
     assert read_thresholds(path)["pooled"]["classes"] == ["aaa"]
     path.write_text(json.dumps({"something": "else"}))
     with pytest.raises(ValueError):

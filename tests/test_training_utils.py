@@ -68,7 +68,7 @@ def test_encoder_side_gets_no_gradient():
 
 
 def stable_adamw_oracle(w, grads, lrs, betas=(0.9, 0.999), eps=1e-8, wd=1e-4, clip=1.0):
-    """The update rule of spec §4 in float64 numpy, step by step."""
+    """The reference's StableAdamW update rule in float64 numpy, step by step."""
     w = w.astype(np.float64).copy()
     m = np.zeros_like(w); v = np.zeros_like(w); vmax = np.zeros_like(w); scales = []
     for t, (g, lr) in enumerate(zip(grads, lrs), start=1):

@@ -88,6 +88,10 @@ class DinoVisionTransformer(nn.Module):
     # the official name, kept for code moved over from the reference
     prepare_tokens_with_masks = prepare_tokens
 
+    def block_args(self, height: int, width: int) -> tuple:
+        """Nothing: position entered with the tokens (the `Encoder` protocol)."""
+        return ()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """All blocks and the final norm: `(B, 3, H, W) -> (B, 1 + R + h·w, C)`."""
         x = self.prepare_tokens(x)

@@ -1,6 +1,6 @@
 """A DINOv3 ViT whose parameter and buffer names equal the official checkpoints'.
 
-Written from the facts in shared/DINOV3.md (Meta's code and weights are under the
+Written from published facts (Meta's code and weights are under the
 DINOv3 License: no code is copied from them). `timm_keys` converts timm's port.
 """
 from ..dinov2.layer_scale import LayerScale

@@ -3,7 +3,7 @@
 References: Su et al. 2021, "RoFormer", eq. 34 (the rotation, `rotate_half` form);
 Heo et al. 2024, "Rotary Position Embedding for Vision Transformer" (axial 2-D RoPE);
 the DINOv3 paper (Siméoni et al. 2025) §3 for the normalised coordinates. The exact
-recipe (coordinates, angle layout, float32) is written out in shared/DINOV3.md.
+recipe (coordinates, angle layout, float32) is written out in `RopePositionEmbedding`.
 """
 import math
 

@@ -5,7 +5,7 @@ attention layer instead), 4 "storage" tokens (DINOv2's registers), a masked k bi
 LayerNorm eps 1e-5, SwiGLU in S+ and H+. The module keeps every parameter and buffer of
 the official checkpoints (all blocks, the final norm, the mask token, the RoPE periods)
 so that `state_dict()` matches them key for key, though Dinomaly never runs the final
-norm or the mask token. Facts in shared/DINOV3.md; no code taken from Meta's release.
+norm or the mask token. Written from the published facts; no code taken from Meta's release.
 """
 import torch
 from torch import nn
@@ -67,6 +67,10 @@ class DinoVisionTransformer(nn.Module):
     def rope(self, H: int, W: int) -> tuple[torch.Tensor, torch.Tensor]:
         """`(sin, cos)`, each `(h·w, head_dim)` float32, for an `H × W` pixel input."""
         return self.rope_embed(H // self.patch_size, W // self.patch_size)
+
+    def block_args(self, height: int, width: int) -> tuple:
+        """`(rope,)`: what every block takes besides the tokens (the `Encoder` protocol)."""
+        return (self.rope(height, width),)
 
     def prepare_tokens(self, x: torch.Tensor) -> torch.Tensor:
         """`(B, 3, H, W) -> (B, 5 + h·w, C)`, tokens `[cls, storage ×4, patches row-major]`.

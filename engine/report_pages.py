@@ -1,31 +1,70 @@
-"""`report.html` in the run folder (issue 12): one self-contained page (inline CSS and SVG,
-no script, no external URL) rewritten after every evaluation, from what is on disk:
+"""The run's two pages, rendered from its results (pure functions: text in, text out):
 
-1. the metrics table: the latest row per class of results.csv and the Mean, in percent
-   (each cell carries the exact value in `data-value`), the paper's row beside for the
-   multi-class scripts;
-2. the thresholds of thresholds.json (per class, pooled), the decision `score > threshold`;
-3. per class: a histogram of the image scores (normal / anomalous, the threshold marked)
-   and the worst false negatives and false positives at the F1-max threshold, thumbnails
-   linking to their heatmaps (`report/<class>/`, see `report_material`).
-
-Every link is relative to the run folder, so the folder can be moved or shared as it is.
+- `results_markdown`: results.md, the latest metrics per class and the mean in percent, with
+  the published row beside (a `Reference`) and the settings in which the run differs;
+- `render_report`: report.html, one self-contained page (inline CSS and SVG, no script, no
+  external URL; every link relative to the run folder, so it can be moved or shared):
+  1. the metrics table (each cell carries the exact value in `data-value`), the published row;
+  2. the thresholds of thresholds.json (per class, pooled), the decision `score > threshold`;
+  3. per class: a histogram of the image scores (normal / anomalous, the threshold marked)
+     and the worst false negatives and false positives at the F1-max threshold, thumbnails
+     linking to their heatmaps (`report/<class>/`, see `report_material`).
 """
 from __future__ import annotations
 
 import html
-import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from engine.config import Config
-from engine.report_material import KINDS, read_class_material
-from engine.results import (METRIC_NAMES, UNDEFINED_HINT, Page, Reference, mean_result, page_title,
-                            reference)
-from engine.thresholds import DECISION, THRESHOLDS_NAME
+from engine.evaluation import IMAGE_AND_PIXEL_METRICS
+from engine.report_material import KINDS
+from engine.thresholds import DECISION
+from recipes.base import Reference
+
+UNDEFINED_HINT = ("nan = not defined for that class: the image metrics need normal and "
+                  "anomalous test images, the pixel metrics anomalous and normal mask pixels")
+
+
+def _row(cells: Sequence[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+def results_markdown(results: Mapping[str, Sequence[float]], title: str,
+                     iteration: int | None = None,
+                     paper: Sequence[float] | None = None,
+                     differences: Sequence[str] = (), note: str = "",
+                     paper_label: str = "paper (mean)", paper_note: str = "",
+                     metric_names: Sequence[str] = IMAGE_AND_PIXEL_METRICS) -> str:
+    """A Markdown page: heading, one table (rows = `results` in order, columns
+    `metric_names`, values in [0, 1] shown as percent with 2 decimals, `nan` where a metric
+    is not defined; a `Mean` entry is set in bold), the `note` of the mean (classes it
+    leaves out), then, if `paper` is given, the published row (`paper_label`; percent, as
+    published), `paper_note` (whose numbers) and the settings in `differences`.
+    """
+    where = "" if iteration is None else f" (iteration {iteration})"
+    lines = [f"# {title}", "", f"Latest evaluation{where}, percent.", "",
+             _row(["class", *metric_names]), _row(["---"] + ["---:"] * len(metric_names))]
+    for name, values in results.items():
+        cells = [f"{100 * float(v):.2f}" for v in values]
+        if name == "Mean":
+            lines.append(_row(["**Mean**", *(f"**{c}**" for c in cells)]))
+        else:
+            lines.append(_row([name, *cells]))
+    if paper is not None:
+        lines.append(_row([paper_label, *(repr(float(v)) for v in paper)]))  # as published
+    if note or any(math.isnan(float(v)) for values in results.values() for v in values):
+        lines += ["", (f"{note}. " if note else "") + UNDEFINED_HINT + "."]
+    if paper is not None:
+        lines += ["", paper_note] if paper_note else []
+        if differences:
+            lines += ["This run differs from that setting, so the numbers are not comparable "
+                      "one to one:", ""]
+            lines += [f"- {d}" for d in differences]
+    return "\n".join(lines) + "\n"
+
 
 CSS = """
 body { font: 14px/1.4 system-ui, sans-serif; margin: 24px; color: #222; max-width: 1100px; }
@@ -47,8 +86,9 @@ def _cell(value: float) -> str:
     return f'<td class="num" data-value="{float(value)!r}">{100 * float(value):.2f}</td>'
 
 
-def metrics_table(results: Mapping[str, Sequence[float]], ref: Reference | None) -> str:
-    head = "".join(f'<th class="num">{m}</th>' for m in METRIC_NAMES)
+def metrics_table(results: Mapping[str, Sequence[float]], ref: Reference | None,
+                  metric_names: Sequence[str] = IMAGE_AND_PIXEL_METRICS) -> str:
+    head = "".join(f'<th class="num">{m}</th>' for m in metric_names)
     rows = []
     for name, values in results.items():
         css = ' class="mean"' if name == "Mean" else ""
@@ -161,16 +201,17 @@ def class_section(name: str, material: Mapping[str, object] | None) -> str:
 
 
 def render_report(title: str, results: Mapping[str, Sequence[float]], iteration: int | None,
-                  ref: Reference | None, thresholds: Mapping[str, object], material: Mapping[str, Mapping | None]) -> str:
-    """The whole page (see the module docstring)."""
+                  ref: Reference | None, thresholds: Mapping[str, object],
+                  material: Mapping[str, Mapping | None], note: str = "",
+                  metric_names: Sequence[str] = IMAGE_AND_PIXEL_METRICS) -> str:
+    """The whole page (see the module docstring); `note`: the classes the Mean leaves out."""
     classes = {n: v for n, v in results.items() if n != "Mean"}
-    note = mean_result(classes)[1] if classes and "Mean" in results else ""
     undefined = note or any(math.isnan(float(v)) for vals in results.values() for v in vals)
     where = "" if iteration is None else f" (iteration {iteration})"
     parts = [f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}'
              f"</title><style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>",
              f"<p>Latest evaluation{where}, percent (results.csv has the exact values).</p>",
-             metrics_table(results, ref)]
+             metrics_table(results, ref, metric_names)]
     if undefined:
         parts.append(f'<p class="note">{html.escape((note + ". ") if note else "")}{UNDEFINED_HINT}.</p>')
     if ref is not None:
@@ -184,18 +225,3 @@ def render_report(title: str, results: Mapping[str, Sequence[float]], iteration:
     parts += [class_section(name, material.get(name)) for name in classes]
     parts.append("</body></html>\n")
     return "\n".join(parts)
-
-
-def report_page(cfg: Config, run_dir: Path) -> Page:
-    """report.html's page for `cfg`, reading thresholds.json and the classes' material."""
-    ref = reference(cfg)
-    title = page_title(cfg)
-
-    def page(results: dict[str, list[float]], iteration: int | None) -> str:
-        try:
-            thresholds = json.loads((run_dir / THRESHOLDS_NAME).read_text())
-        except (OSError, ValueError):
-            thresholds = {}
-        material = {name: read_class_material(run_dir, name) for name in results if name != "Mean"}
-        return render_report(title, results, iteration, ref, thresholds, material)
-    return page

@@ -1,13 +1,11 @@
-"""The inference pipeline shared by the run's evaluation, `predict.py` and the ONNX export:
-a normalised image `B×3×H×W` → its anomaly map `B×1×R×R` and image score `B`, exactly as
-the evaluation computes them (spec §5), and the model behind it rebuilt from a run folder
-or a bare `model.pth`.
+"""A trained model for the tools (predict.py, export.py): where it comes from — a run folder
+(its settings from config.json, its method's recipe named there) or a bare `model.pth` —
+and its inference pipeline rebuilt, the evaluation's: a normalised image `B×3×H×W` → its
+anomaly map `B×1×R×R` and image score `B`.
 
-    pipeline = AnomalyPipeline(model, resolution=256, max_ratio=0.01).eval()
-    maps, scores = pipeline(images)          # B×1×256×256, B
-
-`AnomalyPipeline` lives in `engine.evaluation` (whose `collect_maps` runs it per batch) and
-is re-exported here: it is what predict runs and what `engine.onnx_export` exports.
+    source = resolve_source("saved_results/run", None, None, None, None)
+    pipeline = inference_pipeline(source, "cpu")     # the method's pipeline, eval mode
+    maps, scores = pipeline(images)                  # B×1×256×256, B
 """
 from __future__ import annotations
 
@@ -19,9 +17,13 @@ import torch
 from torch import nn
 
 import models
-from engine.checks import CheckError
-from engine.evaluation import AnomalyPipeline  # noqa: F401  (the pipeline, re-exported)
+from engine.config import RunConfig
+from engine.errors import CheckError
 from engine.thresholds import THRESHOLDS_NAME
+from recipes import get_recipe, recipe_of
+from recipes.anomaly_map import AnomalyPipeline  # noqa: F401  (Dinomaly's, re-exported)
+
+DEFAULT_METHOD = "dinomaly"  # a bare model.pth, or a run folder written before methods were named
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,7 @@ class ModelSource:
     separate: bool
     classes: tuple[str, ...]
     class_name: str | None
+    config: RunConfig  # the method's settings (a bare file: its defaults with the flags given)
 
     @property
     def thresholds_path(self) -> Path | None:
@@ -74,10 +77,17 @@ def resolve_source(checkpoint: str, class_name: str | None, encoder: str | None,
         if encoder is None:
             raise CheckError(f"--checkpoint {checkpoint} is a bare model file: pass --encoder "
                              "(and --image_size / --crop_size if not 448 / 392), or the run folder")
-        models.vit_encoder.parse_name(encoder)  # EncoderError lists the names
-        return ModelSource(path, encoder, image_size or 448, crop_size or 392, 256, 0.01,
-                           None, False, (), class_name)
+        models.find_encoder(encoder)  # EncoderError lists the names
+        cfg = get_recipe(DEFAULT_METHOD).Config(encoder=encoder, image_size=image_size or 448,
+                                                crop_size=crop_size or 392)
+        return ModelSource(path, encoder, cfg.image_size, cfg.crop_size, cfg.eval_resolution,
+                           float(getattr(cfg, "max_ratio", 0.01)), None, False, (), class_name, cfg)
     config = read_run_config(path)
+    try:
+        run_cfg = get_recipe(str(config.get("method", DEFAULT_METHOD))).Config.from_record(config)
+    except (ValueError, TypeError) as err:
+        raise models.CheckpointError(f"--checkpoint {path}: its config.json does not fit this "
+                                     f"version ({err})") from None
     for flag, given in (("--encoder", encoder), ("--image_size", image_size), ("--crop_size", crop_size)):
         if given is not None and given != config[flag[2:]]:
             raise CheckError(f"{flag} {given}: the run in {path} has {config[flag[2:]]}; "
@@ -98,7 +108,8 @@ def resolve_source(checkpoint: str, class_name: str | None, encoder: str | None,
                          "at its first evaluation)")
     return ModelSource(model_path, str(config["encoder"]), int(config["image_size"]),
                        int(config["crop_size"]), int(config.get("eval_resolution", 256)),
-                       float(config.get("max_ratio", 0.01)), path, separate, classes, class_name)
+                       float(config.get("max_ratio", 0.01)), path, separate, classes, class_name,
+                       run_cfg)
 
 
 def evaluated_checkpoint(run_dir: Path, config: dict[str, object], class_name: str | None) -> Path:
@@ -115,14 +126,21 @@ def evaluated_checkpoint(run_dir: Path, config: dict[str, object], class_name: s
 
 
 def load_model(source: ModelSource, device: torch.device | str) -> nn.Module:
-    """The model of `source` in eval mode on `device`. A full state_dict (ours, the
-    reference's) brings its encoder; one with only the trained part needs the official
-    encoder weights (downloaded once, as for training). A file that is not a checkpoint
-    raises CheckpointError before anything is built or downloaded."""
+    """The model of `source` in eval mode on `device`, built by its method's recipe. A full
+    state_dict (ours, the reference's) brings its encoder; one with only the trained part
+    needs the official encoder weights (downloaded once, as for training). A file that is
+    not a checkpoint raises CheckpointError before anything is built or downloaded."""
     state_dict = models.checkpoint.model_state_dict(
         models.vit_encoder.load_file(source.model_path, "checkpoint"), source.model_path)
     weights = "random" if any(k.startswith("encoder.") for k in state_dict) else "official"
     del state_dict  # load_checkpoint reads it again, strictly
-    model = models.build_dinomaly(source.encoder, weights, dropout=0.0, device=device)
+    model = recipe_of(source.config).build_model(source.config, device, weights)
     models.load_checkpoint(model, source.model_path)
     return model.eval()
+
+
+def inference_pipeline(source: ModelSource, device: torch.device | str) -> nn.Module:
+    """The method's pipeline around the model of `source` (images → maps, scores), in eval
+    mode on `device`: what the evaluation computed, what predict runs and export exports."""
+    pipeline = recipe_of(source.config).pipeline(load_model(source, device), source.config)
+    return pipeline.to(device).eval()

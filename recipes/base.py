@@ -1,0 +1,104 @@
+"""The interface between a method and the engine: a `Recipe` says everything that makes the
+method, the engine calls nothing else of it.
+
+    @register_recipe
+    class MyMethod(Recipe):
+        name = "my_method"            # config.json's "method"; the registry's key
+        title = "My method"
+        Config = MyConfig             # RunConfig + the method's settings (each one a flag)
+        def build_model(self, cfg, device, weights=None): ...
+        def loss(self, cfg, across_ranks=False): ...      # (outputs, iteration) -> loss
+        def optimization(self, model, cfg): ...           # optimizer, lr schedule, clipping
+        def pipeline(self, model, cfg): ...               # images -> (anomaly maps, scores)
+
+The engine runs the loop: lr → forward (`model(images)`) → `loss(outputs, iteration)` →
+backward → clip `optimization.clip_params` to `max_grad_norm` → `optimizer.step()` →
+`scheduler.step()`; it evaluates with `pipeline` and computes `metrics`. See
+docs/EXTENDING.md for a worked example.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import ClassVar, NamedTuple
+
+import torch
+from torch import nn
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler
+
+from engine.config import RunConfig
+from engine.evaluation import IMAGE_AND_PIXEL_METRICS  # noqa: F401  (what a recipe reports by default)
+
+Loss = Callable[[object, int], torch.Tensor]  # (the model's outputs, iteration) -> scalar
+
+
+class Optimization(NamedTuple):
+    """How a method trains its model: the optimizer (with its parameter groups), the lr
+    schedule (stepped once per iteration; it has set iteration 0's lr when built), and the
+    gradient clipping (global L2 norm of `clip_params` to `max_grad_norm`, before the step)."""
+    optimizer: Optimizer
+    scheduler: LRScheduler
+    clip_params: list[nn.Parameter]
+    max_grad_norm: float
+
+
+class Reference(NamedTuple):
+    """Published means shown beside a run's: the table row's label, the numbers (percent,
+    as published), whose they are, and the settings in which the run differs from theirs."""
+    label: str
+    means: tuple[float, ...]
+    note: str
+    differences: list[str]
+
+
+def setting_differences(config: Mapping[str, object], all_classes: Sequence[str],
+                        setting: Mapping[str, object], whose: str = "paper") -> list[str]:
+    """Settings of `config` that differ from a published `setting`:
+    `name: ours (paper: theirs)`, including a subset of the dataset's classes."""
+    out = [f"{name}: {config.get(name)!r} ({whose}: {value!r})"
+           for name, value in setting.items() if config.get(name) != value]
+    classes = list(config.get("classes", ()))
+    if sorted(classes) != sorted(all_classes):
+        out.append(f"classes: {len(classes)} ({whose}: all {len(all_classes)})")
+    return out
+
+
+class Recipe:
+    """A method. Subclasses set the class attributes and implement the four builders."""
+
+    name: ClassVar[str]  # the registry's key, config.json's "method"
+    title: ClassVar[str]  # e.g. 'Dinomaly', in titles and notes
+    Config: ClassVar[type[RunConfig]]  # the method's settings
+    metrics: ClassVar[tuple[str, ...]] = IMAGE_AND_PIXEL_METRICS  # what an evaluation reports
+
+    def build_model(self, cfg: RunConfig, device: torch.device | str,
+                    weights: str | None = None) -> nn.Module:
+        """A fresh model on `device` with the method's seeded construction; `weights`
+        replaces `cfg.encoder_weights` (e.g. 'random' when a checkpoint brings them)."""
+        raise NotImplementedError
+
+    def loss(self, cfg: RunConfig, across_ranks: bool = False) -> Loss:
+        """The training loss, with its schedule; `across_ranks`: the global batch is split
+        over the processes of a torch.distributed run."""
+        raise NotImplementedError
+
+    def optimization(self, model: nn.Module, cfg: RunConfig) -> Optimization:
+        raise NotImplementedError
+
+    def pipeline(self, model: nn.Module, cfg: RunConfig) -> nn.Module:
+        """`forward(images B×3×H×W)` → `(anomaly maps B×1×R×R, image scores B)`: what the
+        evaluation, predict.py and the exported model compute."""
+        raise NotImplementedError
+
+    def score_settings(self, cfg: RunConfig) -> dict[str, object]:
+        """The settings of the image score, recorded in thresholds.json (predict.py reads
+        them back)."""
+        return {}
+
+    def score_note(self, cfg: RunConfig) -> str:
+        """How an image's score comes from its map, for thresholds.json and report.html."""
+        return ""
+
+    def reference(self, cfg: RunConfig, all_classes: Sequence[str]) -> Reference | None:
+        """The published numbers to show beside this run's, if any."""
+        return None
