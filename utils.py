@@ -3,7 +3,6 @@
 `recipes.anomaly_map`), the optimizer (`StableAdamW`, from `engine.stable_adamw`, where its
 flat-buffer step lives) and the metrics (from `engine.metrics`).
 """
-import random
 from functools import partial
 
 import numpy as np
@@ -16,20 +15,11 @@ from torch.optim.lr_scheduler import LRScheduler
 from torch.utils.data import DataLoader
 
 from engine.evaluation import metrics_of
+from engine.generators import setup_seed  # noqa: F401
 from engine.maps import collect_maps
 from engine.metrics import compute_pro, f1_score_max  # noqa: F401
 from engine.stable_adamw import StableAdamW  # noqa: F401
 from recipes.anomaly_map import AnomalyPipeline, cal_anomaly_maps, get_gaussian_kernel  # noqa: F401
-
-
-def setup_seed(seed: int, cudnn_benchmark: bool = False) -> None:
-    """Seed torch (CPU and CUDA), numpy and random; cuDNN deterministic unless benchmark."""
-    torch.manual_seed(seed)
-    torch.cuda.manual_seed_all(seed)
-    np.random.seed(seed)
-    random.seed(seed)
-    torch.backends.cudnn.deterministic = not cudnn_benchmark
-    torch.backends.cudnn.benchmark = cudnn_benchmark
 
 
 # ---------------------------------------------------------------------------------- losses

@@ -1,6 +1,7 @@
-"""The random generators a training run draws from, captured for a resume checkpoint and
-restored from it: torch's CPU generator, the generator of the run's CUDA device (dropout
-masks), numpy and random. (`training_state` stores them; see its docstring.)
+"""The random generators a training run draws from: seeded at the start of a model's
+training (`setup_seed`, the reference's), captured for a resume checkpoint and restored from
+it: torch's CPU generator, the generator of the run's CUDA device (dropout masks), numpy and
+random. (`training_state` stores them; see its docstring.)
 
 One process's state is a plain dict that `torch.load(..., weights_only=True)` reads:
 
@@ -19,6 +20,16 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 import torch.distributed as dist
+
+
+def setup_seed(seed: int, cudnn_benchmark: bool = False) -> None:
+    """Seed torch (CPU and CUDA), numpy and random; cuDNN deterministic unless benchmark."""
+    torch.manual_seed(seed)
+    torch.cuda.manual_seed_all(seed)
+    np.random.seed(seed)
+    random.seed(seed)
+    torch.backends.cudnn.deterministic = not cudnn_benchmark
+    torch.backends.cudnn.benchmark = cudnn_benchmark
 
 
 def _cuda_index(device: torch.device) -> int:

@@ -26,13 +26,12 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-import utils
 from engine import distributed, training_state
 from engine.config import RunConfig
 from engine.data import build_datasets, make_train_loader
 from engine.errors import RunError, Stop, stop
 from engine.evaluation import EvalSettings, evaluate
-from engine.generators import cuda_generator_plan
+from engine.generators import cuda_generator_plan, setup_seed
 from engine.jobs import ModelJob
 from engine.report import Report
 from engine.run_folder import save_model
@@ -102,7 +101,7 @@ def train(job: ModelJob, run: RunContext) -> dict[str, list[float]]:
         run.log(f"{ckpt_path}: trained to the end (iteration {state['iteration']}), "
                 "nothing to resume")
         return state["results"]
-    utils.setup_seed(cfg.seed, cudnn_benchmark=cfg.cudnn_benchmark)
+    setup_seed(cfg.seed, cudnn_benchmark=cfg.cudnn_benchmark)
     train_set, test_sets = build_datasets(cfg, job.classes, cache_images=cfg.cache_images)
     loader = make_train_loader(cfg, train_set)
     if len(loader) == 0:
@@ -297,7 +296,7 @@ class ModelTraining:
             scaler=self.t.scaler)
         self.progress.restarts = self.restarts
         self.results = state["results"]
-        utils.setup_seed(cfg.seed + self.restarts, cudnn_benchmark=cfg.cudnn_benchmark)
+        setup_seed(cfg.seed + self.restarts, cudnn_benchmark=cfg.cudnn_benchmark)
         if distributed.rank() > 0:
             torch.manual_seed(cfg.seed + self.restarts + distributed.rank())
         self.log(f"spike restart {self.restarts}/{cfg.max_restarts}: back to iteration "

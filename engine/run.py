@@ -24,12 +24,12 @@ import torch
 
 import dataset
 import models
-import utils
 from engine import distributed, training_state
 from engine.config import RunConfig, default_device
 from engine.data import build_datasets
 from engine.errors import RunError, Stop, exit_line, stop
 from engine.evaluation import EvalSettings, Evaluation, evaluate
+from engine.generators import setup_seed
 from engine.jobs import ModelJob, model_file, plan_run
 from engine.loop import RunContext, RunStatus, train
 from engine.preflight import checkpoint_has_encoder, preflight
@@ -130,7 +130,7 @@ def evaluate_checkpoints(job: ModelJob, run: RunContext) -> dict[str, list[float
     once (with the Mean). The encoder's weights are loaded only when a checkpoint lacks
     them."""
     cfg = run.cfg
-    utils.setup_seed(cfg.seed)
+    setup_seed(cfg.seed)
     set_tf32(cfg.tf32)
     with_encoder = all(checkpoint_has_encoder(p) for p in set(job.checkpoints.values()))
     model = run.recipe.build_model(cfg, run.device, "random" if with_encoder else None)
