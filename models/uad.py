@@ -5,6 +5,8 @@ from torch import nn
 
 from .dinov2 import DinoVisionTransformer
 from .dinov3 import DinoVisionTransformer as DinoV3VisionTransformer
+from .dinomaly2 import Dinomaly  # noqa: F401  (Dinomaly2's model, `models.uad.Dinomaly` in the preview code)
+from .encoder_pass import encode_layers, fuse_feature, uses_rope
 
 
 class ViTill(nn.Module):
@@ -31,25 +33,13 @@ class ViTill(nn.Module):
         self.fuse_layer_decoder = [list(g) for g in fuse_layer_decoder]
         self.patch_tokens_only = patch_tokens_only
         self.num_prefix_tokens = 1 + encoder.num_register_tokens  # cls + registers/storage
-        self.uses_rope = isinstance(encoder, DinoV3VisionTransformer)  # blocks take (x, rope)
+        self.uses_rope = uses_rope(encoder)  # blocks take (x, rope)
 
-    @staticmethod
-    def fuse_feature(feat_list: list[torch.Tensor]) -> torch.Tensor:
-        """Element-wise mean of equally shaped tensors."""
-        return torch.stack(feat_list, dim=1).mean(dim=1)
+    fuse_feature = staticmethod(fuse_feature)  # element-wise mean of equally shaped tensors
 
     def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Outputs `(B, N, C)` of the target blocks; blocks past the last one never run."""
-        H, W = x.shape[-2:]
-        with torch.no_grad():
-            x = self.encoder.prepare_tokens(x)
-            rope = self.encoder.rope(H, W) if self.uses_rope else None  # DINOv3: once per input
-            en_list = []
-            for i, blk in enumerate(self.encoder.blocks[: self.target_layers[-1] + 1]):
-                x = blk(x) if rope is None else blk(x, rope)
-                if i in self.target_layers:
-                    en_list.append(x)
-        return en_list
+        return encode_layers(self.encoder, x, self.target_layers, self.uses_rope)
 
     def to_maps(self, tokens: torch.Tensor, n_h: int, n_w: int) -> torch.Tensor:
         """Drop cls and register tokens: `(B, 1 + R + h·w, C) -> (B, C, h, w)` (with
