@@ -31,7 +31,8 @@ from .transforms import IMAGENET_MEAN, IMAGENET_STD, get_data_transforms, split_
 __all__ = [
     "DatasetError", "MVTEC_CLASSES", "VISA_CLASSES", "REALIAD_CLASSES", "MPDD_CLASSES",
     "BTAD_CLASSES", "MIAD_CLASSES", "UNI_MEDICAL_CLASSES", "classes_for_path", "fewshot_samples",
-    "get_strong_transforms", "RandomRotate90", "NORMAL_FOLDERS", "get_data_transforms", "split_resize", "SharedCache", "MVTecDataset", "RealIADDataset",
+    "get_strong_transforms", "RandomRotate90", "NORMAL_FOLDERS", "get_data_transforms",
+    "split_resize", "SharedCache", "MVTecDataset", "RealIADDataset",
     "mvtec_train_set", "discover_classes", "check_images", "check_mask_sizes", "image_paths",
     "load_rgb", "load_mask", "IMAGE_EXTENSIONS", "is_image_name", "is_hidden", "READABLE_MODES",
     "IMAGENET_MEAN", "IMAGENET_STD",

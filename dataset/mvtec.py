@@ -25,8 +25,9 @@ class MVTecDataset(_AnomalyDataset):
     phase ``'test'``: items ``(img, gt, label, img_path)`` from ``test/<defect>/`` in sorted defect
     order; ``good`` (and BTAD's ``ok``: ``NORMAL_FOLDERS``) is label 0 with ``gt`` all zeros
     ``1 × H × W`` (H, W of the transformed image), every other folder label 1, image
-    ``X.<ext>`` paired with ``ground_truth/<defect>/X_mask.png`` or ``X.png`` by name, else (with a line in ``notes``) the i-th image (sorted) with the i-th
-    mask (sorted), the reference's rule (identical on MVTec AD).
+    ``X.<ext>`` paired with ``ground_truth/<defect>/X_mask.png`` or ``X.png`` by name, else
+    (with a line in ``notes``) the i-th image (sorted) with the i-th mask (sorted), the
+    reference's rule (identical on MVTec AD).
     phase ``'train'``: the same 4-tuples, from ``train/good/`` (BTAD: ``train/ok/``; label 0,
     all-zero ``gt``), as the reference's. (The scripts train on ``mvtec_train_set``, the
     reference's ImageFolder.)

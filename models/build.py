@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 from . import vit_encoder
-from .init import init_trainable  # noqa: F401  (its home was here)
+from .init import init_trainable
 from .uad import ViTill
 from .vision_transformer import Block, bMlp
 

@@ -5,7 +5,7 @@ from torch import nn
 
 from .dinov2 import DinoVisionTransformer
 from .dinov3 import DinoVisionTransformer as DinoV3VisionTransformer
-from .dinomaly2 import Dinomaly  # noqa: F401  (Dinomaly2's model, `models.uad.Dinomaly` in the preview code)
+from .dinomaly2 import Dinomaly  # noqa: F401  (Dinomaly2's model, here as in the preview code)
 from .encoder_pass import encode_layers, fuse_feature, uses_rope
 
 
