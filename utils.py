@@ -1,8 +1,10 @@
-"""Training utilities of Dinomaly (losses, schedule, seeding), its evaluation
-(`evaluation_batch`) and, under the reference's names, the anomaly maps (from
-`recipes.anomaly_map`), the optimizer (`StableAdamW`, from `engine.stable_adamw`, where its
-flat-buffer step lives) and the metrics (from `engine.metrics`).
+"""Training utilities of Dinomaly and Dinomaly2 (losses, optimizer groups, schedules,
+seeding), the reference's evaluation (`evaluation_batch`) and, re-exported under the
+reference's names, the anomaly maps (from `recipes.anomaly_map`), the optimizer
+(`StableAdamW`, from `engine.stable_adamw`, where its flat-buffer step lives) and the metrics
+(from `engine.metrics`).
 """
+import math
 from functools import partial
 
 import numpy as np
@@ -115,6 +117,66 @@ class WarmCosineScheduler(LRScheduler):
         if self.last_epoch >= self.total_iters:
             return [self.final_value for _ in self.base_lrs]
         return [float(self.schedule[self.last_epoch]) for _ in self.base_lrs]
+
+
+class WarmupCosineScheduler(LRScheduler):
+    """Dinomaly2's schedule (the preview code's), per parameter group: with `L` the group's
+    lr when the scheduler is made, `W = warmup_epochs`, `T = total_epochs`, `r = final_ratio`,
+    the optimizer step of iteration t (0-based) uses
+    `L·t/W` for t < W (iteration 0 trains with lr 0), then
+    `L·(r + (1 − r)·½(1 + cos(π(t − W)/(T − W))))`, reaching `L·r` at t = T (after the
+    last iteration; no clamp past it). The preview's scripts pass r = 1: a constant lr after
+    the warm-up. Call `step()` once after every optimizer step.
+
+    `last_epoch` and `verbose` are accepted and ignored, as in the preview code (it always
+    starts from the beginning).
+    """
+
+    def __init__(self, optimizer: Optimizer, warmup_epochs: int, total_epochs: int,
+                 final_ratio: float = 0.01, last_epoch: int = -1, verbose: bool = False) -> None:
+        self.warmup_epochs = warmup_epochs
+        self.total_epochs = total_epochs
+        self.final_ratio = final_ratio
+        self.initial_lrs = [group["lr"] for group in optimizer.param_groups]
+        super().__init__(optimizer)
+
+    def get_lr(self) -> list[float]:
+        t, W, T, r = self.last_epoch, self.warmup_epochs, self.total_epochs, self.final_ratio
+        if t < W:
+            return [L * t / W for L in self.initial_lrs]
+        cosine = 0.5 * (1 + math.cos(math.pi * (t - W) / (T - W)))
+        return [L * (r + (1 - r) * cosine) for L in self.initial_lrs]
+
+
+# ------------------------------------------------------------------------------ optimizer
+
+def dinomaly2_optimizer(model: torch.nn.Module, lr: float = 2e-3,
+                        first_layer_lr: float | None = 2e-4,
+                        betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-10,
+                        weight_decay: float = 1e-4, amsgrad: bool = False,
+                        clip_threshold: float = 1.0, skip_nonfinite: bool = True,
+                        flat: bool = True) -> StableAdamW:
+    """Dinomaly2's StableAdamW over `model.bottleneck` and `model.decoder`, with the preview
+    code's settings and parameter groups, in its parameter order:
+
+    - `first_layer_lr` set (the 2D, few-shot and MulSen scripts): three groups,
+      `bottleneck[0]` at `first_layer_lr` (for stability, the preview's README says),
+      `bottleneck[1]` at `lr`, `decoder` at `lr`;
+    - `first_layer_lr=None` (the multi-view and 3D scripts): `bottleneck`, `decoder`, at `lr`.
+
+    `skip_nonfinite`: the step is abandoned at the first parameter with a non-finite
+    gradient (see `StableAdamW`), as in the preview code.
+    """
+    if first_layer_lr is None:
+        groups = [{"params": list(model.bottleneck.parameters())},
+                  {"params": list(model.decoder.parameters())}]
+    else:
+        groups = [{"params": list(model.bottleneck[0].parameters()), "lr": first_layer_lr},
+                  {"params": list(model.bottleneck[1].parameters())},
+                  {"params": list(model.decoder.parameters())}]
+    return StableAdamW(groups, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                       amsgrad=amsgrad, clip_threshold=clip_threshold, flat=flat,
+                       skip_nonfinite=skip_nonfinite)
 
 
 # ------------------------------------------------------------------------------ evaluation

@@ -3,6 +3,7 @@
 
 Layouts:
 - MVTec AD and prepared VisA: ``<data>/<class>/{train/good, test/<defect>, ground_truth/<defect>}``.
+- BTAD: the MVTec AD layout with ``train/ok``, ``test/{ok,ko}``, ``ground_truth/ko``.
 - Real-IAD: ``<data>/realiad_1024/<category>/...`` with the split in
   ``<data>/realiad_jsons/realiad_jsons/<category>.json``.
 
@@ -15,20 +16,25 @@ Every bad input raises ``DatasetError`` with one message that names the path and
 says what to do.
 """
 from .checks import check_mask_sizes, image_paths
-from .classes import MPDD_CLASSES, MVTEC_CLASSES, REALIAD_CLASSES, VISA_CLASSES
+from .classes import (BTAD_CLASSES, MIAD_CLASSES, MPDD_CLASSES, MVTEC_CLASSES, REALIAD_CLASSES,
+                      UNI_MEDICAL_CLASSES, VISA_CLASSES, classes_for_path)
 from .errors import DatasetError
-from .folders import IMAGE_EXTENSIONS, discover_classes, is_hidden, is_image_name
+from .fewshot import fewshot_samples
+from .folders import IMAGE_EXTENSIONS, NORMAL_FOLDERS, discover_classes, is_hidden, is_image_name
 from .images import READABLE_MODES, check_images, load_mask, load_rgb
 from .layouts import (DATASETS, MVTEC_LAYOUT, REALIAD_LAYOUT, DatasetSpec, Layout, dataset_spec,
                       realiad_categories, register_dataset)
 from .mvtec import MVTecDataset, mvtec_train_set
 from .realiad import RealIADDataset
 from .shared_cache import SharedCache
+from .strong_transforms import RandomRotate90, get_strong_transforms
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, get_data_transforms, split_resize
 
 __all__ = [
     "DatasetError", "MVTEC_CLASSES", "VISA_CLASSES", "REALIAD_CLASSES", "MPDD_CLASSES",
-    "get_data_transforms", "split_resize", "SharedCache", "MVTecDataset", "RealIADDataset",
+    "BTAD_CLASSES", "MIAD_CLASSES", "UNI_MEDICAL_CLASSES", "classes_for_path", "fewshot_samples",
+    "get_strong_transforms", "RandomRotate90", "NORMAL_FOLDERS", "get_data_transforms",
+    "split_resize", "SharedCache", "MVTecDataset", "RealIADDataset",
     "mvtec_train_set", "discover_classes", "check_images", "check_mask_sizes", "image_paths",
     "load_rgb", "load_mask", "IMAGE_EXTENSIONS", "is_image_name", "is_hidden", "READABLE_MODES",
     "IMAGENET_MEAN", "IMAGENET_STD", "DATASETS", "DatasetSpec", "Layout", "MVTEC_LAYOUT",

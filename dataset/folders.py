@@ -16,6 +16,9 @@ from .errors import DatasetError
 # are never read.
 IMAGE_EXTENSIONS = IMG_EXTENSIONS  # .jpg .jpeg .png .ppm .bmp .pgm .tif .tiff .webp
 MASK_SUFFIX = ".png"  # the preferred mask extension when several files share a stem
+# Folders of normal images, in train/ and test/: MVTec AD's `good`, and BTAD's `ok` (its
+# anomalous folder is `ko`), as the Dinomaly2 preview code reads them.
+NORMAL_FOLDERS = ("good", "ok")
 
 
 def _require_dir(path: Path, message: str) -> None:
@@ -53,12 +56,19 @@ def _subfolders(folder: Path) -> list[str]:
     return sorted(d.name for d in folder.iterdir() if d.is_dir() and not is_hidden(d.name))
 
 
+def normal_train_folders(class_dir: Path) -> list[Path]:
+    """The class's folders of training images that exist: ``train/good``, ``train/ok``."""
+    return [class_dir / "train" / name for name in NORMAL_FOLDERS
+            if (class_dir / "train" / name).is_dir()]
+
+
 def discover_classes(root: str | os.PathLike) -> list[str]:
-    """Sorted names of the class folders under ``root`` that have ``train/good`` (``--classes auto``)."""
+    """Sorted names of the class folders under ``root`` that have ``train/good`` (or BTAD's
+    ``train/ok``) (``--classes auto``)."""
     root = Path(root)
     _require_dir(root, f"data root not found: {root} — pass --data_path pointing to the folder "
                        "that holds the class folders")
-    classes = [name for name in _subfolders(root) if (root / name / "train" / "good").is_dir()]
+    classes = [name for name in _subfolders(root) if normal_train_folders(root / name)]
     if not classes:
         raise DatasetError(f"no class folders with train/good found in {root} — expected "
                            "<data_path>/<class>/train/good/*.png (the MVTec AD layout)")

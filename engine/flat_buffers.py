@@ -50,6 +50,7 @@ class FlatGroup:
         self.grad_views = [self.view(self.grad_buffer, i) for i in range(len(self.params))]
         self._scratch: tuple[torch.Tensor, torch.Tensor] | None = None  # made at the first step
         self.moments: dict[str, tuple[torch.Tensor, list[torch.Tensor]]] = {}
+        self.counters: dict[str, tuple[torch.Tensor, list[torch.Tensor]]] = {}
         for name in moments:
             self.new_moment(name)
         with torch.no_grad():
@@ -116,6 +117,22 @@ class FlatGroup:
                 if value is not view:  # new, or loaded by load_state_dict
                     if value is not None:
                         view.copy_(value)
+                    state[name] = view
+        return buffer
+
+    def counter(self, name: str, states: list[dict]) -> torch.Tensor:
+        """Per tensor, a float64 count on the device (`n_tensors`), e.g. the optimizer's step
+        count when the tensors' counts can differ; afterwards `states[i][name]` is its 0-dim
+        view (a count found there, a Python number or a tensor, is copied in)."""
+        if name not in self.counters:
+            buffer = torch.zeros(len(self.params), dtype=torch.float64, device=self.device)
+            self.counters[name] = (buffer, [buffer[i] for i in range(len(self.params))])
+        buffer, views = self.counters[name]
+        with torch.no_grad():
+            for state, view in zip(states, views):
+                value = state.get(name, 0)
+                if value is not view:  # new, from the per-tensor step, or loaded
+                    view.copy_(value) if isinstance(value, torch.Tensor) else view.fill_(value)
                     state[name] = view
         return buffer
 

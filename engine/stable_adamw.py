@@ -8,6 +8,13 @@ copied in, where the per-tensor form makes about 5,700) and never waits for the 
 clipping factor of each tensor stays on the device. Groups that cannot be flat (mixed devices or dtypes, a parameter without gradient,
 `flat=False`) take the per-tensor form, `_plain_step`, which the flat step equals to float
 round-off (the per-tensor `rms` is summed in another order).
+
+`skip_nonfinite` (Dinomaly2; off for Dinomaly): the preview code's rule for a gradient with a
+NaN or ±Inf. It walks the parameters in group order and abandons the step at the first
+parameter whose gradient is not finite: the parameters before it are updated, that one and
+every later one (same and later groups) keep their weights, moments and step count. The
+flat step applies the rule on the device (per-tensor finiteness, a running "alive" product
+over tensors and groups, per-tensor step counts), so it still never waits for the GPU.
 """
 from __future__ import annotations
 
@@ -28,17 +35,24 @@ class StableAdamW(Optimizer):
         flat: keep each group's parameters, gradients and moments in flat buffers (the
             parameters become views of one buffer, now; `zero_grad` then zeroes gradients in
             place, as torch 1.x's default did for the reference, instead of setting None).
+        skip_nonfinite: the preview code's non-finite rule (module docstring). The preview
+            prints a line when it skips; here `nonfinite_skips` (a device tensor, None
+            before the first step) counts the steps abandoned wholly or in part, to be read
+            where the loop synchronises anyway (e.g. when it logs the loss).
     """
 
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 1e-2, amsgrad: bool = False,
-                 clip_threshold: float = 1.0, flat: bool = True) -> None:
+                 clip_threshold: float = 1.0, flat: bool = True,
+                 skip_nonfinite: bool = False) -> None:
         if lr < 0 or eps < 0 or not (0 <= betas[0] < 1 and 0 <= betas[1] < 1):
             raise ValueError(f"invalid StableAdamW settings: lr={lr}, eps={eps}, betas={betas}")
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad)
         super().__init__(params, defaults)
         self.clip_threshold = clip_threshold
         self.flat = flat
+        self.skip_nonfinite = skip_nonfinite
+        self.nonfinite_skips: torch.Tensor | None = None
         self._flat_groups: dict[int, FlatGroup | None] = {}
         for i in range(len(self.param_groups)):  # now, before torch.compile or DDP see them
             self._flat_group(i)
@@ -61,6 +75,9 @@ class StableAdamW(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        if self.skip_nonfinite:
+            self._guarded_step()
+            return loss
         for i, group in enumerate(self.param_groups):
             flat = self._flat_group(i)
             states = [self.state[p] for p in group["params"]]
@@ -123,9 +140,11 @@ class StableAdamW(Optimizer):
 
     # ----------------------------------------------------------------- the per-tensor form
 
-    def _plain_step(self, group: dict) -> None:
-        """Tensor by tensor (the reference's loop, with one transfer of all `rms` values)."""
-        params = [p for p in group["params"] if p.grad is not None]
+    def _plain_step(self, group: dict, params: list[torch.Tensor] | None = None) -> None:
+        """Tensor by tensor (the reference's loop, with one transfer of all `rms` values),
+        over `params` (default: the group's parameters that have a gradient)."""
+        if params is None:
+            params = [p for p in group["params"] if p.grad is not None]
         # pass 1: moments and rms(g / denom) of every parameter, fetched from the device
         # in one transfer (one sync per step instead of one per parameter)
         rms = [self._update_moments(p, group) for p in params]
@@ -163,3 +182,83 @@ class StableAdamW(Optimizer):
         second = state["max_exp_avg_sq"] if group["amsgrad"] else state["exp_avg_sq"]
         bias_correction2 = 1 - group["betas"][1] ** state["step"]
         return (second.sqrt() / math.sqrt(bias_correction2)).add_(group["eps"])
+
+    # ----------------------------------------------------------------- the non-finite rule
+
+    def _guarded_step(self) -> None:
+        """Every group in order under the non-finite rule; `alive` (1 or 0, on the device)
+        carries "no non-finite gradient so far" from tensor to tensor and group to group."""
+        alive = None
+        for i, group in enumerate(self.param_groups):
+            flat = self._flat_group(i)
+            states = [self.state[p] for p in group["params"]]
+            if flat is not None and group["eps"] > 0 and flat.adopt_grads():
+                if alive is None:
+                    alive = torch.ones(1, dtype=torch.float64, device=flat.device)
+                alive = self._guarded_flat_step(group, flat, states, alive.to(flat.device))
+            else:
+                alive = self._guarded_plain_step(group, alive)
+        if alive is not None:
+            skipped = 1 - alive.reshape(())
+            self.nonfinite_skips = (skipped if self.nonfinite_skips is None
+                                    else self.nonfinite_skips + skipped.to(self.nonfinite_skips))
+
+    def _guarded_flat_step(self, group: dict, flat: FlatGroup, states: list[dict],
+                           alive: torch.Tensor) -> torch.Tensor:
+        """`_flat_step` for the tensors still alive: a per-tensor 0/1 factor (1 up to the
+        first tensor with a non-finite gradient) selects, per row, the update or no change.
+        Returns the factor of the group's last tensor (`alive` if the group is empty)."""
+        beta1, beta2 = group["betas"]
+        lr, dtype = group["lr"], flat.dtype
+        exp_avg = flat.moment("exp_avg", states)
+        exp_avg_sq = flat.moment("exp_avg_sq", states)
+        second = flat.moment("max_exp_avg_sq", states) if group["amsgrad"] else exp_avg_sq
+        steps = flat.counter("step", states)
+        grad = flat.grad_buffer
+        denom, ratio = flat.scratch()
+        torch.mul(grad, 0, out=ratio)  # 0 where finite, NaN at a NaN or ±Inf
+        # a NaN also spoils the segment sums of later tensors: they are dead anyway
+        alive = torch.cumprod(flat.segment_sums(ratio).eq(0).double(), 0) * alive
+        dead = 1 - alive
+        steps.add_(alive)
+        t = steps.clamp(min=1)  # dead tensors never stepped: any t > 0 avoids 0/0 below
+        # per row, in float64 then the buffers' dtype: live 0/1, then for each moment the
+        # factors of m and of g (β and 1 − β when live, 1 and 0 when dead), sqrt(1 − β2^t)
+        live, keep1, take1, keep2, take2, bc2 = flat.per_row(torch.stack([
+            alive, beta1 + (1 - beta1) * dead, (1 - beta1) * alive,
+            beta2 + (1 - beta2) * dead, (1 - beta2) * alive, (1 - beta2 ** t).sqrt()],
+            dim=1).to(dtype)).unbind(-1)
+        torch.where(live > 0, flat.rows(grad), grad.new_zeros(()), out=flat.rows(ratio))
+        flat.rows(exp_avg).mul_(keep1).addcmul_(flat.rows(ratio), take1)
+        torch.mul(ratio, ratio, out=denom)
+        flat.rows(exp_avg_sq).mul_(keep2).addcmul_(flat.rows(denom), take2)
+        if group["amsgrad"]:
+            torch.maximum(second, exp_avg_sq, out=second)
+        torch.sqrt(second, out=denom)
+        flat.rows(denom).div_(bc2).add_(group["eps"])
+        ratio.div_(denom).mul_(ratio)  # (g / denom)², 0 on dead rows
+        rms = (flat.segment_sums(ratio) / flat.numel_tensor).sqrt_()
+        scale = (rms / self.clip_threshold).clamp_(min=1.0)
+        # per row: the weight decay factor and the step size (dead: 1 and 0, no change)
+        decay, step_size = flat.per_row(torch.stack([
+            1 - lr * group["weight_decay"] * alive, -(lr / (1 - beta1 ** t)) / scale * alive],
+            dim=1).to(dtype)).unbind(-1)
+        flat.rows(flat.param_buffer).mul_(decay)
+        torch.mul(flat.rows(exp_avg), step_size, out=flat.rows(ratio))
+        flat.param_buffer.addcdiv_(ratio, denom)
+        return alive[-1:]
+
+    def _guarded_plain_step(self, group: dict, alive: torch.Tensor | None) -> torch.Tensor | None:
+        """The per-tensor form under the rule (one host transfer, as `_plain_step` has)."""
+        params = [p for p in group["params"] if p.grad is not None]
+        if not params:
+            return alive
+        finite = torch.stack([torch.isfinite(p.grad).all().cpu() for p in params]).tolist()
+        n_alive = 0 if alive is not None and float(alive) == 0 else len(params)
+        n_alive = min(n_alive, finite.index(False) if False in finite else len(params))
+        for p in params:  # counts left on the device by a flat step become numbers again
+            if isinstance(self.state[p].get("step"), torch.Tensor):
+                self.state[p]["step"] = int(self.state[p]["step"])
+        self._plain_step(group, params[:n_alive])
+        return torch.tensor([float(n_alive == len(params))], dtype=torch.float64,
+                            device=params[0].device)

@@ -3,28 +3,12 @@ import torch
 from torch import nn
 
 from . import vit_encoder
-from .init import trunc_normal_
+from .init import init_trainable
 from .uad import ViTill
 from .vision_transformer import Block, bMlp
 
 # two groups of four layers each: "loose" group-to-group reconstruction (paper §3.4)
 FUSE_LAYERS = [[0, 1, 2, 3], [4, 5, 6, 7]]
-
-
-def init_trainable(modules: nn.Module) -> None:
-    """Truncated normal std 0.01 cut at ±0.03 for Linear weights, zero biases; LayerNorm 1/0.
-
-    The truncated normal is the reference's inverse-CDF one (`models.init`), drawn in module
-    order from the generator of the weights' device.
-    """
-    for m in modules.modules():
-        if isinstance(m, nn.Linear):
-            trunc_normal_(m.weight, std=0.01, a=-0.03, b=0.03)
-            if m.bias is not None:
-                nn.init.constant_(m.bias, 0)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.constant_(m.bias, 0)
-            nn.init.constant_(m.weight, 1.0)
 
 
 def build_dinomaly(encoder_name: str = "dinov2reg_vit_base_14", weights: str = "official",

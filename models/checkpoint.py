@@ -27,6 +27,26 @@ def convert_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.T
     return out
 
 
+# a key that only one method's model has (its bottleneck): which method a state_dict is for
+METHOD_KEYS = {
+    "bottleneck.0.fc1.weight": ("Dinomaly", "models.build_dinomaly, the dinomaly_* scripts"),
+    "bottleneck.0.0.weight": ("Dinomaly2", "models.build_dinomaly2, the dinomaly2_* scripts"),
+}
+
+
+def checkpoint_method(keys) -> tuple[str, str] | None:
+    """`(method, how to build its model)` for a state_dict's keys, or None if neither."""
+    return next((method for key, method in METHOD_KEYS.items() if key in keys), None)
+
+
+def check_method(model: nn.Module, state_dict: dict[str, torch.Tensor], path: Path) -> None:
+    """One line when the file is for the other method (Dinomaly vs Dinomaly2)."""
+    theirs, ours = checkpoint_method(state_dict), checkpoint_method(model.state_dict())
+    if theirs and ours and theirs != ours:
+        raise CheckpointMismatch(f"checkpoint {path} is a {theirs[0]} model, this model is "
+                                 f"{ours[0]}: load it into a {theirs[0]} model ({theirs[1]})")
+
+
 def model_state_dict(obj: object, path: Path) -> dict[str, torch.Tensor]:
     """The model part of a checkpoint file's content: a plain state_dict (the reference's
     form and our `model.pth`) or a training checkpoint `{'model': state_dict, ...}`."""
@@ -47,10 +67,13 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     path = Path(path)
     try:
         state_dict = model_state_dict(load_file(path, "checkpoint"), path)
+        check_method(model, state_dict, path)
         if not any(k.startswith("encoder.") for k in state_dict):
             state_dict = {**{k: v for k, v in model.state_dict().items() if k.startswith("encoder.")},
                           **state_dict}
         load_strict(model, state_dict, f"checkpoint {path}")
+    except CheckpointError:
+        raise
     except KeyMismatch as err:
         raise CheckpointMismatch(str(err)) from None
     except EncoderError as err:

@@ -74,6 +74,9 @@ class EncoderFamily:
     before_build: Callable[[EncoderArch], None] | None = None  # draws the reference makes first
     settings: Mapping[str, object] = field(default_factory=dict)  # run settings it brings
     settings_note: str = ""  # whose settings they are, for the log (e.g. "the DINOv3 fork's settings")
+    # the Dinomaly2 preview code takes this family's layers through its hub model's
+    # get_intermediate_layers (`use_get_intermediate`; the same tensors as the block loop)
+    intermediate_layers: bool = False
     arch_settings: Mapping[str, Mapping[str, object]] = field(default_factory=dict)  # per name
 
 

@@ -13,6 +13,7 @@ sampling); timm `layers/weight_init.py::trunc_normal_`.
 import math
 
 import torch
+from torch import nn
 
 
 def _norm_cdf(x: float) -> float:
@@ -37,3 +38,21 @@ def trunc_normal_(tensor: torch.Tensor, mean: float = 0.0, std: float = 1.0,
         tensor.add_(mean)
         tensor.clamp_(min=a, max=b)  # erfinv's float round-off may step just past a bound
         return tensor
+
+
+def init_trainable(*modules: nn.Module) -> None:
+    """Truncated normal std 0.01 cut at ±0.03 for Linear weights, zero biases; LayerNorm 1/0.
+
+    Walks each of `modules` in turn, in registration order (`module.modules()`), drawing with
+    `trunc_normal_` above from the generator of the weights' device: Dinomaly's and
+    Dinomaly2's init of the bottleneck and the decoder.
+    """
+    for module in modules:
+        for m in module.modules():
+            if isinstance(m, nn.Linear):
+                trunc_normal_(m.weight, std=0.01, a=-0.03, b=0.03)
+                if m.bias is not None:
+                    nn.init.constant_(m.bias, 0)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.constant_(m.bias, 0)
+                nn.init.constant_(m.weight, 1.0)

@@ -3,7 +3,9 @@ linear-attention decoder, compared group by group ("loose reconstruction", §3.4
 import torch
 from torch import nn
 
+from .dinomaly2 import Dinomaly  # noqa: F401  (Dinomaly2's model, here as in the preview code)
 from .encoder_family import Encoder
+from .encoder_pass import encode_layers, fuse_feature
 
 
 class ViTill(nn.Module):
@@ -31,23 +33,11 @@ class ViTill(nn.Module):
         self.patch_tokens_only = patch_tokens_only
         self.num_prefix_tokens = 1 + encoder.num_register_tokens  # cls + registers/storage
 
-    @staticmethod
-    def fuse_feature(feat_list: list[torch.Tensor]) -> torch.Tensor:
-        """Element-wise mean of equally shaped tensors."""
-        return torch.stack(feat_list, dim=1).mean(dim=1)
+    fuse_feature = staticmethod(fuse_feature)  # element-wise mean of equally shaped tensors
 
     def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Outputs `(B, N, C)` of the target blocks; blocks past the last one never run."""
-        H, W = x.shape[-2:]
-        with torch.no_grad():
-            x = self.encoder.prepare_tokens(x)
-            args = self.encoder.block_args(H, W)  # once per input (DINOv3: the RoPE sin/cos)
-            en_list = []
-            for i, blk in enumerate(self.encoder.blocks[: self.target_layers[-1] + 1]):
-                x = blk(x, *args)
-                if i in self.target_layers:
-                    en_list.append(x)
-        return en_list
+        return encode_layers(self.encoder, x, self.target_layers)
 
     def to_maps(self, tokens: torch.Tensor, n_h: int, n_w: int) -> torch.Tensor:
         """Drop cls and register tokens: `(B, 1 + R + h·w, C) -> (B, C, h, w)` (with

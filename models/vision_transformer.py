@@ -46,7 +46,9 @@ class LinearAttention2(nn.Module):
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """`attn_mask` is ignored (there are no attention weights to mask), as in the
+        preview code."""
         q, k, v = split_heads(self.qkv(x), self.num_heads)  # 3 × (B, heads, N, hd)
         # The sums run over all N tokens: at 789 tokens with trained weights the normaliser
         # q'·Σk' exceeds fp16's range (65504) and tokens silently become 0. Under --amp they
@@ -70,18 +72,26 @@ LinearAttention = LinearAttention2  # the paper's name
 
 
 class Block(nn.Module):
-    """Pre-norm decoder block, `(B, N, C) -> (B, N, C)`; no LayerScale, no drop path."""
+    """Pre-norm decoder block, `(B, N, C) -> (B, N, C)`; no LayerScale, no drop path.
+
+    `attn_layer`: None for `LinearAttention2(eps=attn_eps)`, else a class called as
+    `attn_layer(dim, num_heads, qkv_bias=qkv_bias)` (e.g. `attention.Attention`, softmax).
+    """
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = True,
-                 norm_eps: float = 1e-8, attn_eps: float = 0.0) -> None:
+                 norm_eps: float = 1e-8, attn_eps: float = 0.0,
+                 attn_layer: type[nn.Module] | None = None) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
-        self.attn = LinearAttention2(dim, num_heads, qkv_bias=qkv_bias, eps=attn_eps)
+        self.attn = (LinearAttention2(dim, num_heads, qkv_bias=qkv_bias, eps=attn_eps)
+                     if attn_layer is None else attn_layer(dim, num_heads, qkv_bias=qkv_bias))
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x))
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """`attn_mask`: see `Dinomaly.generate_mask` (the linear attention ignores it)."""
+        y = self.norm1(x)
+        x = x + (self.attn(y) if attn_mask is None else self.attn(y, attn_mask=attn_mask))
         x = x + self.mlp(self.norm2(x))
         return x
 

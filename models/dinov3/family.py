@@ -90,5 +90,5 @@ DINOV3 = register_encoder_family(EncoderFamily(
     settings={"image_size": 512,  # resize side
               "crop_size": 448,   # 28 × 28 patches of 16 px, as 392 = 28 × 14 for DINOv2
               "amsgrad": False},  # StableAdamW without AMSGrad
-    settings_note="the DINOv3 fork's settings",
+    settings_note="the DINOv3 fork's settings", intermediate_layers=True,
     arch_settings={"dinov3_vitl16": {"batch_size": 12}}))  # the fork's ViT-L batch (memory)

@@ -1,0 +1,168 @@
+"""Dinomaly2's reconstruction model (`Dinomaly`, as the preview code names it): Dinomaly's
+frozen encoder → bottleneck → decoder, with the encoder targets recentred on the image's
+context ("context-aware recentering").
+
+Differences from Dinomaly (`uad.ViTill`): each encoder fusion group's patch tokens minus
+that group's cls token, layer normalised without affine parameters, are the reconstruction
+target (the decoder side stays raw); the kept layers averaged into the bottleneck are a
+choice (`fuse_layer_bottleneck`, default all); optional neighbour masking of the decoder's
+softmax attention; the three-layer bottleneck (`build2.dinomaly2_bottleneck`).
+
+References: the Dinomaly2 preview code (`models/uad.py: Dinomaly`); Guo et al., "One
+Dinomaly2 Detect Them All" (arXiv 2510.17611).
+"""
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .encoder_pass import encode_layers, fuse_feature
+from .init import init_trainable
+
+EIGHT = (0, 1, 2, 3, 4, 5, 6, 7)
+RECENTER_EPS = 1e-8  # the preview code's layer-norm epsilon of the recentred targets
+
+
+def ensure_register_tokens(encoder: nn.Module) -> int:
+    """The preview code's rule: an encoder without `num_register_tokens` gets one, equal to
+    its `n_storage_tokens` (DINOv3) if it has that, else 0. Returns the count."""
+    if not hasattr(encoder, "num_register_tokens"):
+        encoder.num_register_tokens = getattr(encoder, "n_storage_tokens", 0)
+    return encoder.num_register_tokens
+
+
+def recenter(tokens: torch.Tensor, prefix: int) -> torch.Tensor:
+    """Context-aware recentering of one fused encoder group, `B × (prefix + N) × C ->
+    B × N × C`: the patch tokens minus the group's own cls token (token 0), then
+    `(d − mean_c d) / sqrt(var_c d + 1e-8)` over channels (biased variance, no affine)."""
+    centred = tokens[:, prefix:] - tokens[:, :1]
+    return F.layer_norm(centred, centred.shape[-1:], eps=RECENTER_EPS)
+
+
+def neighbour_mask(side: int, size: int, device: torch.device | str | None = None) -> torch.Tensor:
+    """`side² × side²` ones, 0 where the key lies in the `size` window of the query:
+    `|Δrow| ≤ size // 2` and `|Δcol| ≤ size // 2` (clipped at the borders; an even
+    `size` therefore gives a `size + 1` window, as the preview code's loop does)."""
+    idx = torch.arange(side, device=device)
+    near = (idx[:, None] - idx[None, :]).abs() <= size // 2  # side × side
+    blocked = near[:, None, :, None] & near[None, :, None, :]  # h1, w1, h2, w2
+    return (~blocked).float().view(side * side, side * side)
+
+
+class Dinomaly(nn.Module):
+    """`forward(x)`: `B × 3 × H × W -> (en, de)`, two lists with one map `B × C × h × w` per
+    fusion group (h = H / patch); `en` the recentred encoder targets (with
+    `context_aware_recenter`), `de` the decoder's reconstructions.
+
+    Args (the preview code's, with its defaults):
+        encoder, bottleneck (`ModuleList`, applied in order), decoder (`ModuleList` of blocks).
+        target_layers: encoder blocks whose outputs are kept (ascending).
+        fuse_layer_encoder, fuse_layer_decoder: fusion groups, indices into the kept layers
+            and into the decoder outputs reversed (index 0 = the last block).
+        fuse_layer_bottleneck: kept layers averaged into the bottleneck input.
+        mask_neighbor_size: > 0 blocks each query's neighbour window in the decoder's
+            softmax attention (`generate_mask`; linear attention ignores it).
+        remove_class_token: the cls and register tokens never enter the bottleneck.
+        context_aware_recenter: the recentred targets (`recenter`); False: raw patch tokens.
+        use_get_intermediate: the preview code's switch to take the kept layers with the
+            encoder's own intermediate-layer function (all blocks run) instead of its
+            early-stopping loop. Kept for the preview's signature; with this project's
+            encoders both give the same tensors, so the early-stopping pass serves both.
+    """
+
+    def __init__(self, encoder: nn.Module, bottleneck: nn.ModuleList, decoder: nn.ModuleList,
+                 target_layers: list[int] = (2, 3, 4, 5, 6, 7, 8, 9),
+                 fuse_layer_encoder: list[list[int]] = ((0, 1, 2, 3), (4, 5, 6, 7)),
+                 fuse_layer_decoder: list[list[int]] = ((0, 1, 2, 3), (4, 5, 6, 7)),
+                 fuse_layer_bottleneck: list[int] = EIGHT, mask_neighbor_size: int = 0,
+                 remove_class_token: bool = False, context_aware_recenter: bool = True,
+                 use_get_intermediate: bool = False) -> None:
+        super().__init__()
+        ensure_register_tokens(encoder)
+        self.encoder = encoder
+        self.bottleneck = bottleneck
+        self.decoder = decoder
+        self.target_layers = [int(i) for i in target_layers]
+        self.fuse_layer_encoder = [list(g) for g in fuse_layer_encoder]
+        self.fuse_layer_decoder = [list(g) for g in fuse_layer_decoder]
+        self.fuse_layer_bottleneck = list(fuse_layer_bottleneck)
+        self.mask_neighbor_size = mask_neighbor_size
+        self.remove_class_token = remove_class_token
+        self.context_aware_recenter = context_aware_recenter
+        self.use_get_intermediate = use_get_intermediate
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        """cls + register (DINOv3: storage) tokens, before the patch tokens."""
+        return 1 + self.encoder.num_register_tokens
+
+    fuse_feature = staticmethod(fuse_feature)  # element-wise mean of equally shaped tensors
+
+    def init_weights(self) -> None:
+        """The preview code's init of the bottleneck, then the decoder, in registration order:
+        Linear weights truncated normal (std 0.01, cut at ±0.03), biases 0; LayerNorm 1/0.
+        Draws from the generator of the weights' device: call it after `.to(device)`."""
+        init_trainable(self.bottleneck, self.decoder)
+
+    def generate_mask(self, feature_size: int, device: torch.device | str | None = None
+                      ) -> torch.Tensor:
+        """The decoder's attention mask for a `feature_size²` patch grid: 1 = attend, 0 =
+        blocked (`neighbour_mask`); unless `remove_class_token`, embedded in ones of side
+        `feature_size² + prefix` (the cls and register rows and columns attend everywhere).
+        `device`: None = the model's."""
+        device = device if device is not None else next(self.decoder.parameters()).device
+        mask = neighbour_mask(feature_size, self.mask_neighbor_size, device)
+        if self.remove_class_token:
+            return mask
+        n = mask.shape[0] + self.num_prefix_tokens
+        mask_all = torch.ones(n, n, device=device)
+        mask_all[self.num_prefix_tokens:, self.num_prefix_tokens:] = mask
+        return mask_all
+
+    def patch_grid(self, x: torch.Tensor, n_tokens: int) -> tuple[int, int]:
+        """Patch rows and columns of input `x`. The preview code takes
+        `side = int(sqrt(n_tokens − prefix))` for both: the same for a square input, and
+        still the rule for an encoder without `patch_size`; with one, rectangles work too."""
+        patch = getattr(self.encoder, "patch_size", None)
+        if not isinstance(patch, int):
+            side = int(math.sqrt(n_tokens - self.num_prefix_tokens))
+            return side, side
+        return x.shape[-2] // patch, x.shape[-1] // patch
+
+    def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Outputs `B × (prefix + N) × C` of the target blocks (`encoder_pass.encode_layers`)."""
+        return encode_layers(self.encoder, x, self.target_layers)
+
+    def decode(self, x: torch.Tensor, mask: torch.Tensor | None) -> list[torch.Tensor]:
+        """Bottleneck, then every decoder block; the block outputs, last block first."""
+        for blk in self.bottleneck:
+            x = blk(x)
+        de_list = []
+        for blk in self.decoder:
+            x = blk(x, attn_mask=mask)
+            de_list.append(x)
+        return de_list[::-1]
+
+    def forward(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        B, prefix = x.shape[0], self.num_prefix_tokens
+        en_list = self.encode(x)
+        n_h, n_w = self.patch_grid(x, en_list[0].shape[1])
+        kept = [e[:, prefix:] for e in en_list] if self.remove_class_token else en_list
+        fused = self.fuse_feature([kept[i] for i in self.fuse_layer_bottleneck]).detach()
+        mask = None
+        if self.mask_neighbor_size > 0:
+            if n_h != n_w:
+                raise ValueError(f"mask_neighbor_size needs a square input, got {n_h} × {n_w} "
+                                 "patches")
+            mask = self.generate_mask(n_h, x.device)
+        de_list = self.decode(fused, mask)
+        en = [self.fuse_feature([en_list[i] for i in g]) for g in self.fuse_layer_encoder]
+        de = [self.fuse_feature([de_list[i] for i in g]) for g in self.fuse_layer_decoder]
+        if not self.remove_class_token:
+            de = [d[:, prefix:] for d in de]
+        en = [recenter(e, prefix) if self.context_aware_recenter else e[:, prefix:] for e in en]
+        # B × N × C -> B × C × h × w
+        en = [e.permute(0, 2, 1).reshape(B, -1, n_h, n_w).contiguous() for e in en]
+        de = [d.permute(0, 2, 1).reshape(B, -1, n_h, n_w).contiguous() for d in de]
+        return en, de

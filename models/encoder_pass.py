@@ -1,0 +1,32 @@
+"""The frozen encoder's pass, shared by Dinomaly (`uad.ViTill`) and Dinomaly2
+(`dinomaly2.Dinomaly`): its tokens, the outputs of the target blocks, and the mean of layers.
+Any encoder of the `encoder_family.Encoder` protocol: the extra arguments its blocks take
+(DINOv3: the rotary position embedding) come from its `block_args`, once per input.
+"""
+import torch
+from torch import nn
+
+
+def encode_layers(encoder: nn.Module, x: torch.Tensor, target_layers: list[int]) -> list[torch.Tensor]:
+    """Outputs `B × (1 + R + N) × C` of the blocks listed in `target_layers` (ascending), in
+    that order, without gradient and without the final norm. `x`: `B × 3 × H × W`.
+
+    Blocks past the last target never run: their outputs could not change the earlier ones,
+    so this equals running every block and keeping the listed outputs (the preview code's
+    `use_get_intermediate` path for DINOv3), with fewer blocks computed.
+    """
+    H, W = x.shape[-2:]
+    with torch.no_grad():
+        x = encoder.prepare_tokens(x)
+        args = encoder.block_args(H, W)  # once per input (DINOv3: the RoPE sin/cos)
+        en_list = []
+        for i, blk in enumerate(encoder.blocks[: target_layers[-1] + 1]):
+            x = blk(x, *args)
+            if i in target_layers:
+                en_list.append(x)
+    return en_list
+
+
+def fuse_feature(feat_list: list[torch.Tensor]) -> torch.Tensor:
+    """Element-wise mean of equally shaped tensors (the layers of one fusion group)."""
+    return torch.stack(feat_list, dim=1).mean(dim=1)
