@@ -5,6 +5,9 @@ Layouts:
 - MVTec AD and prepared VisA: ``<data>/<class>/{train/good, test/<defect>, ground_truth/<defect>}``.
 - Real-IAD: ``<data>/realiad_1024/<category>/...`` with the split in
   ``<data>/realiad_jsons/realiad_jsons/<category>.json``.
+- Dinomaly2's multi-view (``RealIADDatasetv2``, ``MANTATinyDataset``), RGB + depth
+  (``MVTec3DDataset``) and RGB + infrared (``MulSenTrainDataset``/``MulSenTestDataset``) sets:
+  see their docstrings; their items differ from the ones below.
 
 Items: training ``(img, label)``; test ``(img, gt, label, img_path)`` with
 ``img`` ``3 × isize × isize`` (normalised), ``gt`` ``1 × isize × isize`` in [0, 1]
@@ -15,12 +18,15 @@ Every bad input raises ``DatasetError`` with one message that names the path and
 says what to do.
 """
 from .checks import check_mask_sizes, image_paths
-from .classes import MPDD_CLASSES, MVTEC_CLASSES, REALIAD_CLASSES, VISA_CLASSES
+from .classes import (MANTA_CLASSES, MPDD_CLASSES, MULSEN_CLASSES, MVTEC3D_CLASSES, MVTEC_CLASSES,
+                      REALIAD_CLASSES, VISA_CLASSES)
 from .errors import DatasetError
 from .folders import IMAGE_EXTENSIONS, discover_classes, is_hidden, is_image_name
 from .images import READABLE_MODES, check_images, load_mask, load_rgb
+from .manta import MANTATinyDataset
 from .mvtec import MVTecDataset, mvtec_train_set
 from .realiad import RealIADDataset
+from .realiad_v2 import RealIADDatasetv2, multiview_classes, multiview_layout, object_key
 from .shared_cache import SharedCache
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, get_data_transforms, split_resize
 
@@ -30,4 +36,7 @@ __all__ = [
     "mvtec_train_set", "discover_classes", "check_images", "check_mask_sizes", "image_paths",
     "load_rgb", "load_mask", "IMAGE_EXTENSIONS", "is_image_name", "is_hidden", "READABLE_MODES",
     "IMAGENET_MEAN", "IMAGENET_STD",
+    # Dinomaly2: multi-view, RGB + depth, RGB + infrared
+    "RealIADDatasetv2", "multiview_classes", "multiview_layout", "object_key", "MANTATinyDataset",
+    "MANTA_CLASSES", "MVTEC3D_CLASSES", "MULSEN_CLASSES",
 ]

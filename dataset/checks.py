@@ -17,9 +17,13 @@ def image_paths(dataset: Dataset) -> list[str]:
     """Every image and mask file ``dataset`` reads (for ``check_images``).
 
     Understands this module's datasets, torchvision ``ImageFolder`` and ``ConcatDataset``s of them.
+    Multi-view and multi-modal datasets give theirs by ``image_files()`` (depth TIFFs, meshes and
+    point lists, which PIL does not decode, are in their ``files()`` only).
     """
     if isinstance(dataset, ConcatDataset):
         return [p for d in dataset.datasets for p in image_paths(d)]
+    if hasattr(dataset, "image_files"):  # multi-view and multi-modal datasets (their files(): all)
+        return dataset.image_files()
     if isinstance(dataset, (MVTecDataset, RealIADDataset)):
         return list(dataset.img_paths) + [p for p in dataset.gt_paths if p is not None]
     if hasattr(dataset, "samples"):  # ImageFolder, _CachedImages
@@ -31,6 +35,8 @@ def _mask_pairs(dataset: Dataset) -> list[tuple[str, str]]:
     """``(image, mask)`` path pairs of every anomalous item of ``dataset`` (training sets: none)."""
     if isinstance(dataset, ConcatDataset):
         return [pair for d in dataset.datasets for pair in _mask_pairs(d)]
+    if hasattr(dataset, "mask_pairs"):  # multi-view and multi-modal datasets
+        return dataset.mask_pairs()
     if isinstance(dataset, _AnomalyDataset):
         return [(i, m) for i, m in zip(dataset.img_paths, dataset.gt_paths) if m is not None]
     if hasattr(dataset, "samples"):  # ImageFolder, _CachedImages: no masks
