@@ -20,11 +20,13 @@ says what to do.
 from .checks import check_mask_sizes, image_paths
 from .classes import (MANTA_CLASSES, MPDD_CLASSES, MULSEN_CLASSES, MVTEC3D_CLASSES, MVTEC_CLASSES,
                       REALIAD_CLASSES, VISA_CLASSES)
+from .depth import depth_to_image, read_depth
 from .errors import DatasetError
 from .folders import IMAGE_EXTENSIONS, discover_classes, is_hidden, is_image_name
 from .images import READABLE_MODES, check_images, load_mask, load_rgb
 from .manta import MANTATinyDataset
 from .mvtec import MVTecDataset, mvtec_train_set
+from .mvtec3d import MVTec3DDataset
 from .realiad import RealIADDataset
 from .realiad_v2 import RealIADDatasetv2, multiview_classes, multiview_layout, object_key
 from .shared_cache import SharedCache
@@ -38,5 +40,6 @@ __all__ = [
     "IMAGENET_MEAN", "IMAGENET_STD",
     # Dinomaly2: multi-view, RGB + depth, RGB + infrared
     "RealIADDatasetv2", "multiview_classes", "multiview_layout", "object_key", "MANTATinyDataset",
-    "MANTA_CLASSES", "MVTEC3D_CLASSES", "MULSEN_CLASSES",
+    "MANTA_CLASSES", "MVTec3DDataset", "MVTEC3D_CLASSES", "depth_to_image", "read_depth",
+    "MULSEN_CLASSES",
 ]
