@@ -25,11 +25,14 @@ from .errors import DatasetError
 from .folders import IMAGE_EXTENSIONS, discover_classes, is_hidden, is_image_name
 from .images import READABLE_MODES, check_images, load_mask, load_rgb
 from .manta import MANTATinyDataset
+from .mulsen import (MulSenTestDataset, MulSenTrainDataset, create_depth_mask_from_3d_mask, mulsen_classes,
+                     stl_to_depth_map)
 from .mvtec import MVTecDataset, mvtec_train_set
 from .mvtec3d import MVTec3DDataset
 from .realiad import RealIADDataset
 from .realiad_v2 import RealIADDatasetv2, multiview_classes, multiview_layout, object_key
 from .shared_cache import SharedCache
+from .stl import read_stl, stl_vertices
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, get_data_transforms, split_resize
 
 __all__ = [
@@ -41,5 +44,6 @@ __all__ = [
     # Dinomaly2: multi-view, RGB + depth, RGB + infrared
     "RealIADDatasetv2", "multiview_classes", "multiview_layout", "object_key", "MANTATinyDataset",
     "MANTA_CLASSES", "MVTec3DDataset", "MVTEC3D_CLASSES", "depth_to_image", "read_depth",
-    "MULSEN_CLASSES",
+    "MulSenTrainDataset", "MulSenTestDataset", "mulsen_classes", "MULSEN_CLASSES", "stl_to_depth_map",
+    "create_depth_mask_from_3d_mask", "read_stl", "stl_vertices",
 ]
