@@ -6,6 +6,9 @@ Layouts:
 - BTAD: the MVTec AD layout with ``train/ok``, ``test/{ok,ko}``, ``ground_truth/ko``.
 - Real-IAD: ``<data>/realiad_1024/<category>/...`` with the split in
   ``<data>/realiad_jsons/realiad_jsons/<category>.json``.
+- Dinomaly2's multi-view (``RealIADDatasetv2``, ``MANTATinyDataset``), RGB + depth
+  (``MVTec3DDataset``) and RGB + infrared (``MulSenTrainDataset``/``MulSenTestDataset``) sets:
+  see their docstrings; their items differ from the ones below.
 
 Items: training ``(img, label)``; test ``(img, gt, label, img_path)`` with
 ``img`` ``3 × isize × isize`` (normalised), ``gt`` ``1 × isize × isize`` in [0, 1]
@@ -16,17 +19,25 @@ Every bad input raises ``DatasetError`` with one message that names the path and
 says what to do.
 """
 from .checks import check_mask_sizes, image_paths
-from .classes import (BTAD_CLASSES, MIAD_CLASSES, MPDD_CLASSES, MVTEC_CLASSES, REALIAD_CLASSES,
-                      UNI_MEDICAL_CLASSES, VISA_CLASSES, classes_for_path)
+from .classes import (BTAD_CLASSES, MANTA_CLASSES, MIAD_CLASSES, MPDD_CLASSES, MULSEN_CLASSES,
+                      MVTEC3D_CLASSES, MVTEC_CLASSES, REALIAD_CLASSES, UNI_MEDICAL_CLASSES,
+                      VISA_CLASSES, classes_for_path)
+from .depth import depth_to_image, read_depth
 from .errors import DatasetError
 from .fewshot import fewshot_samples
 from .folders import IMAGE_EXTENSIONS, NORMAL_FOLDERS, discover_classes, is_hidden, is_image_name
 from .images import READABLE_MODES, check_images, load_mask, load_rgb
 from .layouts import (DATASETS, MVTEC_LAYOUT, REALIAD_LAYOUT, DatasetSpec, Layout, dataset_spec,
                       realiad_categories, register_dataset)
+from .manta import MANTATinyDataset
+from .mulsen import (MulSenTestDataset, MulSenTrainDataset, create_depth_mask_from_3d_mask,
+                     mulsen_classes, stl_to_depth_map)
 from .mvtec import MVTecDataset, mvtec_train_set
+from .mvtec3d import MVTec3DDataset
 from .realiad import RealIADDataset
+from .realiad_v2 import RealIADDatasetv2, multiview_classes, multiview_layout, object_key
 from .shared_cache import SharedCache
+from .stl import read_stl, stl_vertices
 from .strong_transforms import RandomRotate90, get_strong_transforms
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, get_data_transforms, split_resize
 
@@ -39,6 +50,11 @@ __all__ = [
     "load_rgb", "load_mask", "IMAGE_EXTENSIONS", "is_image_name", "is_hidden", "READABLE_MODES",
     "IMAGENET_MEAN", "IMAGENET_STD", "DATASETS", "DatasetSpec", "Layout", "MVTEC_LAYOUT",
     "REALIAD_LAYOUT", "dataset_spec", "realiad_categories", "register_dataset",
+    # Dinomaly2: multi-view, RGB + depth, RGB + infrared
+    "RealIADDatasetv2", "multiview_classes", "multiview_layout", "object_key", "MANTATinyDataset",
+    "MANTA_CLASSES", "MVTec3DDataset", "MVTEC3D_CLASSES", "depth_to_image", "read_depth",
+    "MulSenTrainDataset", "MulSenTestDataset", "mulsen_classes", "MULSEN_CLASSES", "stl_to_depth_map",
+    "create_depth_mask_from_3d_mask", "read_stl", "stl_vertices",
 ]
 
 

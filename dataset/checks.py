@@ -31,12 +31,17 @@ def _has_lists(dataset: Dataset) -> bool:
 
 
 def image_paths(dataset: Dataset) -> list[str]:
-    """Every image and mask file ``dataset`` reads (for ``check_images``): from a ``files()``
-    method, else its ``img_paths`` and ``gt_paths`` lists (this package's datasets), else its
-    ``samples`` (torchvision's ``ImageFolder``); ``ConcatDataset``s and ``Subset``s of them."""
+    """Every image and mask file ``dataset`` reads (for ``check_images``): from an
+    ``image_files()`` method (multi-view and multi-modal datasets: their depth TIFFs, meshes
+    and point lists, which PIL does not decode, are in their ``files()`` only), else a
+    ``files()`` method, else its ``img_paths`` and ``gt_paths`` lists (this package's
+    datasets), else its ``samples`` (torchvision's ``ImageFolder``); ``ConcatDataset``s and
+    ``Subset``s of them."""
     paths: list[str] = []
     for leaf in _leaves(dataset):
-        if callable(getattr(leaf, "files", None)):
+        if callable(getattr(leaf, "image_files", None)):
+            paths += leaf.image_files()
+        elif callable(getattr(leaf, "files", None)):
             paths += leaf.files()
         elif _has_lists(leaf):
             paths += list(leaf.img_paths) + [p for p in leaf.gt_paths if p is not None]

@@ -47,3 +47,21 @@ def classes_for_path(data_path: str | os.PathLike) -> list[str]:
         raise DatasetError(f"data root not found: {root} — pass --data_path pointing to the "
                            "folder that holds the class folders")
     return _subfolders(root)
+# MVTec 3D-AD in the Dinomaly2 preview's RGB-D script order
+MVTEC3D_CLASSES = ["cable_gland", "bagel", "peach", "carrot", "dowel", "foam", "cookie", "rope",
+                   "potato", "tire"]
+# MulSen-AD (RGB, infrared, point cloud), the preview's mulsen_classes() order
+MULSEN_CLASSES = ["capsule", "cotton", "cube", "spring_pad", "screw", "screen", "piggy", "nut",
+                  "flat_pad", "plastic_cylinder", "zipper", "button_cell", "toothbrush",
+                  "solar_panel", "light"]
+# MANTA-Tiny: <group>/<class> folders, the preview's multi-view script order
+MANTA_CLASSES = [f"{group}/{name}" for group, names in (
+    ("agriculture", ("maize", "paddy", "soybean", "wheat")),
+    ("electronics", ("block_inductor", "copper_standoff", "flat_nut", "led", "led_pad", "long_button",
+                     "power_inductor", "short_button", "thin_resistor", "type_c", "wafer_resistor")),
+    ("groceries", ("coffee_beans", "goji_berries", "pistachios")),
+    ("mechanics", ("button", "gear", "nut", "nut_cap", "red_washer", "round_button_cap", "screw",
+                   "square_button_cap", "terminal", "wire_cap", "yellow_green_washer")),
+    ("medicine", ("capsule", "coated_tablet", "embossed_tablet", "lettered_tablet", "oblong_tablet",
+                  "pink_tablet", "red_tablet", "white_tablet", "yellow_tablet")),
+) for name in names]
