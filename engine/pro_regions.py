@@ -60,13 +60,13 @@ def _region_ids(masks: np.ndarray) -> tuple[np.ndarray, int]:
     `masks.nonzero()`: 0 .. n - 1, numbered image after image (8-connectivity within each
     image, none across). Returns (ids, n)."""
     rows_hit = masks.any(axis=2)
-    cols_hit = masks.any(axis=1)
     ids, total = [], 0
     for i in np.flatnonzero(rows_hit.any(axis=1)).tolist():
-        rows, cols = np.flatnonzero(rows_hit[i]), np.flatnonzero(cols_hit[i])
-        box = masks[i, rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
-        count, labels = cv2.connectedComponents(np.ascontiguousarray(box).view(np.uint8),
-                                                connectivity=8, ltype=cv2.CV_32S)
+        rows = np.flatnonzero(rows_hit[i])
+        band = masks[i, rows[0]:rows[-1] + 1]
+        cols = np.flatnonzero(band.any(axis=0))
+        box = np.ascontiguousarray(band[:, cols[0]:cols[-1] + 1])
+        count, labels = cv2.connectedComponents(box.view(np.uint8), connectivity=8, ltype=cv2.CV_32S)
         ids.append(labels[box] + (total - 1))
         total += count - 1
     return (np.concatenate(ids) if ids else np.empty(0, np.int32)), total

@@ -56,8 +56,7 @@ class _Grouper:
         self.rows = np.empty(CHUNK, dtype=np.uint32)  # buffers reused chunk after chunk
         self.low = np.empty(CHUNK, dtype=np.uint16)
         if _coo_tocsr is not None:
-            self.columns = np.zeros(CHUNK, dtype=np.int32)  # unused by us, required by coo_tocsr
-            self.columns_out = np.empty(CHUNK, dtype=np.int32)
+            self.columns_out = np.empty(CHUNK, dtype=np.int32)  # unused, required by coo_tocsr
 
     def __call__(self, keys: np.ndarray, out: np.ndarray) -> np.ndarray:
         """Writes the low halves of `keys` into `out`, grouped by slab; returns where each
@@ -71,8 +70,8 @@ class _Grouper:
             np.take(low, order, out=out)
             self.starts[:] = np.searchsorted(rows[order], np.arange(_SLABS + 1))
         else:
-            _coo_tocsr(_SLABS, 1, n, rows, self.columns[:n], low, self.starts,
-                       self.columns_out[:n], out)
+            # the rows again as the (unused) column indices: no array of its own to read
+            _coo_tocsr(_SLABS, _SLABS, n, rows, rows, low, self.starts, self.columns_out[:n], out)
         return self.starts
 
 
@@ -99,17 +98,27 @@ def _slab_groups(scores: np.ndarray, active: np.ndarray, positive: bool
 
 
 def _histogram16(values: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """Exact histogram of uint16 values over 65,536 bins into `out` (int64). cv2.calcHist
-    on the two bytes as two 8-bit channels (its fastest path), fewer than 2**24 values at
-    a time so that its float32 counts are exact."""
-    out[:] = 0
-    counts = np.empty((256, 256), dtype=np.float32)
-    for start in range(0, values.size, _HIST_STEP):
-        pairs = values[start:start + _HIST_STEP].view(np.uint8).reshape(1, -1, 2)
-        # channel 1 = the high byte (little-endian): bin [high, low] = the value
-        cv2.calcHist([pairs], [1, 0], None, [256, 256], [0, 256, 0, 256], hist=counts)
-        out += counts.ravel().astype(np.int64)
+    """Exact histogram of uint16 values over 65,536 bins into `out` (float32 counts, exact
+    below 2**24: cv2.calcHist on the two bytes as two 8-bit channels, its fastest path)."""
+    view = out.reshape(256, 256)
+    # channel 1 = the high byte (little-endian): bin [high, low] = the value
+    cv2.calcHist([values.view(np.uint8).reshape(1, -1, 2)], [1, 0], None, [256, 256],
+                 [0, 256, 0, 256], hist=view)
     return out
+
+
+def _slab_at_most(values: np.ndarray, lows: np.ndarray, hist: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(values <= each low, values == each low) for ascending distinct `lows`: the
+    histogram in steps of fewer than 2**24 values (float32 counts stay exact), the sums
+    between consecutive lows in float64, then their running sum."""
+    at_most = np.zeros(lows.size)
+    equal = np.zeros(lows.size)
+    starts = np.append(0, lows + 1)  # hist has a zero appended: lows[-1] + 1 is valid
+    for start in range(0, values.size, _HIST_STEP):
+        _histogram16(values[start:start + _HIST_STEP], hist[:-1])
+        at_most += np.add.reduceat(hist, starts, dtype=np.float64)[:lows.size]
+        equal += hist[lows]
+    return np.cumsum(at_most).astype(np.int64), equal.astype(np.int64)
 
 
 def _counts_by_slabs(scores: np.ndarray, queries: np.ndarray, positive: bool
@@ -123,18 +132,14 @@ def _counts_by_slabs(scores: np.ndarray, queries: np.ndarray, positive: bool
     below = np.empty(queries.size, dtype=np.int64)
     not_above = np.empty(queries.size, dtype=np.int64)
     slab = np.empty(int((end - begin).sum(axis=0).max()), dtype=np.uint16)  # reused
-    hist = np.empty(_SLABS + 1, dtype=np.int64)
-    hist[-1] = 0
+    hist = np.zeros(_SLABS + 1, dtype=np.float32)
     for j in range(active.size):
         pieces = [low_halves[a:b] for a, b in zip(begin[:, j].tolist(), end[:, j].tolist())]
         size = int(end[:, j].sum() - begin[:, j].sum())
-        _histogram16(np.concatenate(pieces, out=slab[:size]), hist[:-1])
         lows = (query_keys[first[j]:last[j]] & 0xFFFF).astype(np.intp)
-        # scores <= each query: the sums between consecutive queries, then their running sum
-        # (hist has a zero appended, so that lows[-1] + 1 is a valid index)
-        at = np.cumsum(np.add.reduceat(hist, np.append(0, lows + 1))[:lows.size])
-        not_above[first[j]:last[j]] = at + slabs_below[j]
-        below[first[j]:last[j]] = at + slabs_below[j] - hist[lows]
+        at_most, equal = _slab_at_most(np.concatenate(pieces, out=slab[:size]), lows, hist)
+        not_above[first[j]:last[j]] = at_most + slabs_below[j]
+        below[first[j]:last[j]] = at_most + slabs_below[j] - equal
     return below, not_above
 
 

@@ -92,10 +92,14 @@ def test_grouping_without_scipy_counting_sort(slab_path, monkeypatch):
     assert np.array_equal(without[1], expected_counts(scores, queries)[1])
 
 
-def test_histogram16_is_exact_in_several_calls(monkeypatch):
+def test_slab_histogram_counts_are_exact_in_several_steps(monkeypatch):
     rng = np.random.default_rng(2)
     values = np.concatenate([rng.integers(0, 65536, 30000), np.full(5000, 65535), np.zeros(3000)]).astype(np.uint16)
-    out = np.empty(65536, np.int64)
-    assert np.array_equal(rank_counts._histogram16(values, out), np.bincount(values, minlength=65536))
-    monkeypatch.setattr(rank_counts, "_HIST_STEP", 4096)  # what keeps float32 counts exact
-    assert np.array_equal(rank_counts._histogram16(values, out), np.bincount(values, minlength=65536))
+    lows = np.unique(np.concatenate([rng.integers(0, 65536, 50), [0, 65535]]))
+    histogram = np.bincount(values, minlength=65536)
+    hist = np.zeros(65537, np.float32)
+    for step in (1 << 24, 4096):  # fewer than 2**24 values per step keeps float32 counts exact
+        monkeypatch.setattr(rank_counts, "_HIST_STEP", step)
+        at_most, equal = rank_counts._slab_at_most(values, lows, hist)
+        assert np.array_equal(at_most, np.cumsum(histogram)[lows])
+        assert np.array_equal(equal, histogram[lows])
