@@ -15,6 +15,8 @@ the same run.
   `auroc_aupr_aupro` (1,000 histogram strips: pixel AUROC, AUPR, AUPRO) on the same
   `--adeval-images` maps, best of `--repeat` runs each, wall and CPU time, when the
   `adeval` package is installed (not a requirement: `pip install adeval`).
+- `--torch-device cuda`: `metrics_torch.pixel_metrics` on that device against
+  `metrics.pixel_metrics` on the same `--adeval-images` maps (times, largest difference).
 - peak extra memory (tracemalloc, which sees numpy's buffers) of each fast pass, in
   units of the size of the float32 maps.
 - `--class-images N`: instead, the whole metric pass of `evaluation_batch` (a class of
@@ -117,14 +119,14 @@ def class_metric_pass(n: int) -> None:
 
 
 def image_and_object_scores(masks: np.ndarray, amaps: np.ndarray) -> tuple[np.ndarray, ...]:
-    """(image labels, image scores = map max, object labels, object scores): object j =
-    images j, j + n / VIEWS, ..., its score the max over its views (an evaluation has
-    these from its collection step, so they are not timed)."""
+    """(image labels, image scores = map max, object labels, object scores): VIEWS images
+    per object, normal images with normal ones (the maps are independent draws), an
+    object's score the max over its views. An evaluation has these from its collection
+    step, so they are not timed."""
     labels = masks.reshape(len(masks), -1).any(axis=1)
     scores = amaps.reshape(len(amaps), -1).max(axis=1)
-    objects = len(labels) // VIEWS * VIEWS
-    return (labels, scores, labels[:objects].reshape(VIEWS, -1).any(axis=0),
-            scores[:objects].reshape(VIEWS, -1).max(axis=0))
+    order = np.argsort(labels, kind="stable")[:len(labels) // VIEWS * VIEWS].reshape(-1, VIEWS)
+    return labels, scores, labels[order].any(axis=1), scores[order].max(axis=1)
 
 
 def exact_pass(masks: np.ndarray, amaps: np.ndarray, scores: tuple[np.ndarray, ...]) -> tuple[float, ...]:
@@ -159,6 +161,28 @@ def adeval_comparison(n: int, repeat: int) -> None:
           f"object {ours[3]:.4f}/{ours[4]:.4f}/{ours[5]:.4f}")
     peak = peak_extra_bytes(pixel_metrics, masks, amaps)
     print(f"  pixel_metrics peak extra memory {peak / 2**20:.1f} MiB = {peak / amaps.nbytes:.2f}x the maps")
+
+
+def torch_comparison(n: int, device: str, repeat: int) -> None:
+    """metrics_torch.pixel_metrics on `device` against metrics.pixel_metrics (numpy)."""
+    import torch
+
+    from engine import metrics_torch
+    masks, amaps = synthetic_maps(n, seed=4)
+    t_masks, t_maps = torch.from_numpy(masks).to(device), torch.from_numpy(amaps).to(device)
+
+    def on_device():
+        values = metrics_torch.pixel_metrics(t_masks, t_maps)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        return values
+    ours, wall, cpu = best_of(repeat, on_device)
+    expected, np_wall, np_cpu = best_of(repeat, pixel_metrics, masks, amaps)
+    difference = max(abs(a - b) for a, b in zip(ours, expected))
+    print(f"pixel metrics on {device}, {n} x 256 x 256, best of {repeat}")
+    print(f"  metrics.pixel_metrics (numpy)  wall {np_wall:6.3f} s  cpu {np_cpu:6.3f} s")
+    print(f"  metrics_torch.pixel_metrics    wall {wall:6.3f} s  cpu {cpu:6.3f} s   "
+          + "  ".join(f"{v:.12f}" for v in ours) + f"   max |difference| {difference:.1e}")
 
 
 def reference_comparisons(images: int, pixel_images: int) -> None:
@@ -196,6 +220,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="runs of each side of that comparison")
     parser.add_argument("--skip-reference", action="store_true",
                         help="only the ADEval comparison (the reference procedures take a minute)")
+    parser.add_argument("--torch-device", default="",
+                        help="also time metrics_torch on this device (e.g. cuda) against the numpy path")
     parser.add_argument("--class-images", type=int, default=0,
                         help="instead, time the whole metric pass on one class of this many maps (e.g. 5000)")
     args = parser.parse_args()
@@ -206,6 +232,8 @@ def main() -> None:
         reference_comparisons(args.images, args.pixel_images)
     if args.adeval_images:
         adeval_comparison(args.adeval_images, args.repeat)
+    if args.torch_device:
+        torch_comparison(args.adeval_images or 1000, args.torch_device, args.repeat)
 
 
 if __name__ == "__main__":

@@ -162,24 +162,32 @@ def _ranked_binary(y_true: np.ndarray, y_score: np.ndarray) -> tuple[np.ndarray,
     return y_score, _rank(y_score, _positive_scores(y_true, y_score), bool(low > 0))
 
 
+def threshold_between(low, high, dtype) -> float:
+    """A threshold `t` with `score > t` exactly the partition `score >= high` of scores
+    whose largest value below `high` is `low` (None: no score below): the midpoint, or the
+    value just below `high` when no score is lower. Computed and rounded in the scores'
+    dtype (a float32 value for float32 maps), so that comparing in float32 or in float64
+    gives the same partition; where two scores are adjacent values of that dtype, the
+    lower score itself (`low > low` is false). The midpoint keeps the largest margin on
+    both sides, so a score recomputed with round-off (another batch size, ONNX Runtime)
+    falls on the same side."""
+    dtype = np.dtype(dtype).type
+    high = dtype(high)
+    if low is None:
+        return float(np.nextafter(high, dtype(-np.inf)))
+    low = dtype(low)
+    middle = dtype(low + (high - low) / dtype(2))  # no overflow
+    return float(middle if low < middle < high else low)
+
+
 def _threshold_below(y_score: np.ndarray, score: float) -> float:
-    """A threshold `t` with `y_score > t` exactly the partition `y_score >= s`: the midpoint
-    between `s` and the highest score below it, or the value just below `s` when no score
-    is lower. Computed and rounded in the scores' dtype (a float32 value for float32
-    maps), so that comparing in float32 or in float64 gives the same partition; where two
-    scores are adjacent values of that dtype, the lower score itself (`low > low` is
-    false). The midpoint keeps the largest margin on both sides, so a score recomputed
-    with round-off (another batch size, ONNX Runtime) falls on the same side."""
-    dtype = y_score.dtype.type
-    high = dtype(score)
-    lowest = dtype(-np.inf)
+    """`threshold_between` the F1-max score `score` and the largest score below it."""
+    high = y_score.dtype.type(score)
+    lowest = y_score.dtype.type(-np.inf)
     low = max((np.max(part, initial=lowest, where=part < high)
                for part in (y_score[i:i + _SPLIT_CHUNK] for i in range(0, y_score.size, _SPLIT_CHUNK))),
               default=lowest)
-    if low == lowest:
-        return float(np.nextafter(high, lowest))
-    middle = dtype(low + (high - low) / dtype(2))  # no overflow
-    return float(middle if low < middle < high else low)
+    return threshold_between(None if low == lowest else low, high, y_score.dtype)
 
 
 def binary_metrics(y_true: np.ndarray, y_score: np.ndarray) -> tuple[float, float, float]:
@@ -200,7 +208,7 @@ def binary_metrics_and_threshold(y_true: np.ndarray, y_score: np.ndarray
     """(AUROC, AP, F1-max, threshold): the first three identical to `binary_metrics`'s;
     `y_score > threshold` is a partition whose F1, with the reference's
     `2 P R / (P + R + 1e-7)`, is the F1-max (the lowest such threshold when several
-    partitions reach it; see `_threshold_below` for where between two scores)."""
+    partitions reach it; see `threshold_between` for where between two scores)."""
     y_score, ranked = _ranked_binary(y_true, y_score)
     auroc, ap, f1_max, score = _binary_from_counts(ranked)
     return auroc, ap, f1_max, _threshold_below(y_score, score)
@@ -234,14 +242,14 @@ def pro_thresholds(amaps: np.ndarray, num_th: int = 200) -> np.ndarray:
     num_th + 1 values. Written out here so that numpy 2 gives the same array.
     Returns an empty array for a constant map (the reference fails there).
     """
-    return _arange_thresholds(amaps.min(), amaps.max(), num_th)
+    return thresholds_from_range(amaps.min(), amaps.max(), num_th)
 
 
 # kept here under its earlier name (tests and callers use metrics._thresholds_below)
 _thresholds_below = thresholds_below
 
 
-def _arange_thresholds(min_th, max_th, num_th: int) -> np.ndarray:
+def thresholds_from_range(min_th, max_th, num_th: int) -> np.ndarray:
     """`pro_thresholds` from the maps' min and max (numpy scalars of the maps' dtype)."""
     if not max_th > min_th:
         return np.empty(0)
@@ -265,11 +273,11 @@ def _checked_maps(masks: np.ndarray, amaps: np.ndarray, num_th: int, finite: boo
     if finite and not (np.isfinite(low) and np.isfinite(high)):
         raise ValueError("amaps contain infinity")
     # numpy < 1.24 compared the float32 map with the float64 threshold in float32
-    thresholds = _arange_thresholds(low, high, num_th).astype(amaps.dtype)
+    thresholds = thresholds_from_range(low, high, num_th).astype(amaps.dtype)
     return masks, amaps, thresholds, (low, high)
 
 
-def _aupro(fraction_sum: np.ndarray, n_regions: int, fp: np.ndarray, n_outside: int) -> float:
+def aupro_from_counts(fraction_sum: np.ndarray, n_regions: int, fp: np.ndarray, n_outside: int) -> float:
     """The reference's last step: PRO = mean region overlap, FPR = fp / pixels outside;
     the points with FPR < 0.3, their FPR divided by the largest kept, trapezoid area."""
     if n_regions == 0 or n_outside == 0 or fraction_sum.size < 2:
@@ -320,7 +328,7 @@ def compute_pro(masks: np.ndarray, amaps: np.ndarray, num_th: int = 200) -> floa
     at_most = counts_at(amaps.ravel(), queries, bool(low > 0))[1]
     at_most = at_most[np.searchsorted(queries, thresholds)]
     fp = _false_positives(amaps.size, at_most, positives, thresholds)
-    return _aupro(fraction_sum, n_regions, fp, amaps.size - positives.size)
+    return aupro_from_counts(fraction_sum, n_regions, fp, amaps.size - positives.size)
 
 
 def pixel_metrics(masks: np.ndarray, amaps: np.ndarray, num_th: int = 200
@@ -341,4 +349,4 @@ def pixel_metrics(masks: np.ndarray, amaps: np.ndarray, num_th: int = 200
         return auroc, ap, f1, math.nan
     at_most = ranked.extra_at_most[np.searchsorted(extra, thresholds)]
     fp = _false_positives(amaps.size, at_most, positives, thresholds)
-    return auroc, ap, f1, _aupro(fraction_sum, n_regions, fp, amaps.size - positives.size)
+    return auroc, ap, f1, aupro_from_counts(fraction_sum, n_regions, fp, amaps.size - positives.size)

@@ -55,7 +55,7 @@ def thresholds_below(thresholds: np.ndarray, scores: np.ndarray) -> np.ndarray:
     return count
 
 
-def _region_ids(masks: np.ndarray) -> tuple[np.ndarray, int]:
+def region_ids(masks: np.ndarray) -> tuple[np.ndarray, int]:
     """The region of every mask pixel of a K x H x W stack, in the order of
     `masks.nonzero()`: 0 .. n - 1, numbered image after image (8-connectivity within each
     image, none across). Returns (ids, n)."""
@@ -102,7 +102,7 @@ def region_overlaps(masks: np.ndarray, amaps: np.ndarray, thresholds: np.ndarray
         part = amaps[start:start + per_step][mask]
         scores.append(part)
         if fraction_sum.size and part.size:
-            ids, count = _region_ids(mask)
+            ids, count = region_ids(mask)
             fraction_sum += _overlap_sums(ids, count, part, thresholds)
             n_regions += count
     return (np.concatenate(scores) if scores else amaps.ravel()[:0]), fraction_sum, n_regions

@@ -51,12 +51,13 @@ class _Grouper:
     """Groups scores by slab a chunk at a time: a stable counting sort on the slab (the
     top 16 bits of the key) that carries the low 16 bits."""
 
-    def __init__(self):
+    def __init__(self, size: int):
+        """`size`: the largest chunk (buffers reused chunk after chunk)."""
         self.starts = np.empty(_SLABS + 1, dtype=np.int32)
-        self.rows = np.empty(CHUNK, dtype=np.uint32)  # buffers reused chunk after chunk
-        self.low = np.empty(CHUNK, dtype=np.uint16)
+        self.rows = np.empty(size, dtype=np.uint32)
+        self.low = np.empty(size, dtype=np.uint16)
         if _coo_tocsr is not None:
-            self.columns_out = np.empty(CHUNK, dtype=np.int32)  # unused, required by coo_tocsr
+            self.columns_out = np.empty(size, dtype=np.int32)  # unused, required by coo_tocsr
 
     def __call__(self, keys: np.ndarray, out: np.ndarray) -> np.ndarray:
         """Writes the low halves of `keys` into `out`, grouped by slab; returns where each
@@ -86,7 +87,7 @@ def _slab_groups(scores: np.ndarray, active: np.ndarray, positive: bool
     n_chunks = -(-scores.size // CHUNK)
     begin = np.empty((n_chunks, active.size), dtype=np.int64)
     end = np.empty((n_chunks, active.size), dtype=np.int64)
-    group = _Grouper()
+    group = _Grouper(min(CHUNK, scores.size))
     below = np.zeros(active.size, dtype=np.int64)
     for i, start in enumerate(range(0, scores.size, CHUNK)):
         keys = order_keys(scores[start:start + CHUNK], positive)
