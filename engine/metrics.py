@@ -12,7 +12,7 @@ Same values as the reference's metrics:
 How: only the scores of the positives are sorted (a few percent of the pixels). Every
 distinct positive score, and every AUPRO threshold, is a query, and
 `rank_counts.counts_at` counts exactly how many scores lie below and at each query
-without sorting them (about a third of the work of a sort). AUROC (in its Mann-Whitney
+without sorting them. AUROC (in its Mann-Whitney
 form), AP and F1 follow from the counts at the positive scores; AUPRO's false positives
 from the counts at its thresholds, its per-region overlaps from the anomalous pixels only
 (each mask labelled once, 8-connected, by OpenCV).

@@ -2,7 +2,8 @@
 
 `counts_at(scores, queries)` gives, for sorted distinct float32 queries q, the number of
 scores `< q` and `<= q`: what `np.searchsorted(np.sort(scores), q, 'left' / 'right')`
-gives, for about a third of the work of the sort and 2 bytes per score of memory.
+gives, in less time than the sort alone (about 0.7x on 65 M scores here) and with 2 bytes
+per score of memory instead of a copy of the scores.
 
 How. A float32 maps to a 32-bit key with the same order (`order_keys`). The top 16 bits
 of the key name a slab of 65,536 consecutive float32 values. The scores are grouped by
@@ -25,7 +26,7 @@ except ImportError:  # pragma: no cover - a scipy without it: the argsort fallba
 
 # Fewer scores than this are sorted: the slab machinery has a fixed cost of a few ms.
 SORT_BELOW = 1 << 22
-# Scores grouped per step: the step's temporaries (about 12 bytes per score) stay in cache.
+# Scores grouped per step: bounds the step's temporaries (12 bytes per score, 12 MiB).
 CHUNK = 1 << 20
 # cv2.calcHist returns float32 counts: exact while every count is below 2**24.
 _HIST_STEP = 1 << 24
