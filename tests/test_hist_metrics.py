@@ -102,7 +102,21 @@ def adeval_on_the_cpu(monkeypatch):
     """ADEval's EvalAccumulatorCuda with its histograms on the CPU: its accumulator
     hard-codes device='cuda', and on the CPU torch.histc refuses its float64 `out=` (CUDA
     computes in the input's dtype and copies, done the same way here)."""
-    adeval = pytest.importorskip("adeval")
+    from multiprocessing.reduction import ForkingPickler
+    from types import CodeType, ModuleType
+    # importing adeval makes every multiprocessing pickler reduce functions, code objects
+    # and modules its own way, process-wide: undone here so that no other test sees it
+    override = ForkingPickler.__dict__.get("reducer_override")
+    added = [kind for kind in (CodeType, ModuleType) if kind not in ForkingPickler._extra_reducers]
+    try:
+        pytest.importorskip("adeval")
+    finally:
+        if override is not None:
+            ForkingPickler.reducer_override = override
+        elif "reducer_override" in ForkingPickler.__dict__:
+            del ForkingPickler.reducer_override
+        for kind in added:
+            ForkingPickler._extra_reducers.pop(kind, None)
     from adeval import cuda_mem_effic, iterative_cuda
 
     monkeypatch.setattr(np, "trapz", np.trapezoid, raising=False)  # numpy 2.4 removed it
