@@ -25,7 +25,7 @@ from torch.utils.data import Dataset
 
 from engine import heatmaps
 from engine.maps import EvalMaps, test_set_maps
-from engine.metrics import compute_pro
+from engine.metrics import pixel_metrics_and_threshold
 from engine.thresholds import PooledThresholds, Thresholds, f1_max_or_none, map_scale
 
 IMAGE_AND_PIXEL_METRICS = ("I-AUROC", "I-AP", "I-F1", "P-AUROC", "P-AP", "P-F1", "P-AUPRO")
@@ -34,11 +34,12 @@ CASES_PER_KIND = 4  # worst false negatives and false positives kept per class
 
 def class_metrics(maps: EvalMaps) -> tuple[list[float], Thresholds]:
     """`[auroc_sp, ap_sp, f1_sp, auroc_px, ap_px, f1_px, aupro_px]` and the class's
-    thresholds, from one sort of the image scores and one of the pixels (the F1-max
-    thresholds are those of the reported I-F1 and P-F1)."""
+    thresholds: the image metrics from one sort of the image scores, the pixel metrics and
+    AUPRO from one pass over the maps (the F1-max thresholds are those of the reported I-F1
+    and P-F1)."""
     auroc_sp, ap_sp, f1_sp, image, image_f1 = f1_max_or_none(maps.labels, maps.scores)
-    auroc_px, ap_px, f1_px, pixel, pixel_f1 = f1_max_or_none(maps.masks.ravel(), maps.maps.ravel())
-    aupro_px = compute_pro(maps.masks, maps.maps)
+    auroc_px, ap_px, f1_px, aupro_px, pixel = pixel_metrics_and_threshold(maps.masks, maps.maps)
+    pixel_f1 = None if pixel is None else f1_px
     n_anomalous = int(maps.labels.sum())
     thresholds = Thresholds(image, image_f1, pixel, pixel_f1, map_scale(maps.maps),
                             len(maps.labels) - n_anomalous, n_anomalous)

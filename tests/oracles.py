@@ -80,3 +80,55 @@ def plain_groups(model, outs: list, prefix: int, grid: tuple[int, int]) -> tuple
         return m.transpose(1, 2).reshape(m.shape[0], m.shape[2], *grid)
 
     return [maps(kept[:4]), maps(kept[4:])], [maps(dec[:4]), maps(dec[4:])]
+
+
+def histogram_metrics_oracle(maps, masks, smin, smax, strips=1000):
+    """ADEval's pixel metrics (the Dinomaly2 multi-view evaluation) written plainly from
+    their description, a threshold at a time: {'p_auroc', 'p_aupr', 'p_f1max', 'p_aupro'}.
+
+    A score x (float32) falls in strip int(float32(x - smin) * strips / float32(smax - smin))
+    (the last strip for smax) when smin <= x <= smax. Histogram entries of a pixel: one in
+    bin 0 if x < smin, one in bin 1 + strip if in range, one more in bin strips + 1 if
+    x >= smax. At threshold k = 0..strips, FN = the positives' entries in bins <= k, TP =
+    all their entries - FN (the same for negatives). Weights: 1 / area (float32) of the
+    8-connected mask region of an anomalous pixel."""
+    maps = np.asarray(maps, dtype=np.float32)
+    masks = np.asarray(masks) != 0
+    lo, hi = np.float32(smin), np.float32(smax)
+    weights = np.ones(maps.shape, np.float32)
+    for i, mask in enumerate(masks):
+        labels = measure.label(mask, connectivity=2)
+        for region in measure.regionprops(labels):
+            weights[i][labels == region.label] = np.float32(1.0 / region.area)
+    x, positive, w = maps.ravel(), masks.ravel(), weights.ravel().astype(np.float64)
+    inside = (x >= lo) & (x <= hi)
+    strip = np.zeros(x.size, np.int64)
+    strip[inside] = np.minimum(((x[inside] - lo) * np.float32(strips) / (hi - lo)).astype(np.int64), strips - 1)
+    entries = (x < lo).astype(np.float64) + inside + (x >= hi)
+    rows = []
+    for k in range(strips + 1):
+        below_k = (x < lo) + (inside & (strip + 1 <= k))
+        fn, tn = below_k[positive].sum(), below_k[~positive].sum()
+        tp, fp = entries[positive].sum() - fn, entries[~positive].sum() - tn
+        fn_w = (w * below_k)[positive].sum()
+        tp_w = (w * entries)[positive].sum() - fn_w
+        rows.append((tp / (tp + fn), fp / (fp + tn), tp / (tp + fp) if tp + fp > 0 else 1.0, tp_w / (tp_w + fn_w)))
+    tpr, fpr, precision, pro = np.array(rows).T
+    f1 = 2 * precision * tpr / (precision + tpr + 1e-10)
+    return {"p_auroc": np.trapezoid(tpr[::-1], fpr[::-1]), "p_aupr": np.trapezoid(precision[::-1], tpr[::-1]),
+            "p_f1max": f1.max(), "p_aupro": _pro_up_to(fpr[::-1], pro[::-1], 0.3)}
+
+
+def _pro_up_to(fpr, pro, limit):
+    """Trapezoid area of pro over ascending fpr up to fpr <= limit, plus the part of the
+    trapezoid that crosses the limit left of it (its rectangle part y1 * width scaled by t,
+    its triangle part scaled by t**2, t the fraction of the width left of the limit), over
+    the limit."""
+    kept = fpr <= limit
+    area = np.trapezoid(pro[kept], fpr[kept])
+    j = np.flatnonzero(kept)[-1]  # the last point at or below the limit, then the first above
+    (x1, y1), (x2, y2) = (fpr[j], pro[j]), (fpr[j + 1], pro[j + 1])
+    t = (limit - x1) / (x2 - x1)
+    crossing = (x2 - x1) * (y1 + y2) / 2
+    rectangle = crossing * y1 / (y1 + (y2 - y1) / 2)
+    return (area + rectangle * t + (crossing - rectangle) * t * t) / limit

@@ -11,8 +11,9 @@ import pytest
 from skimage import measure
 from sklearn.metrics import auc, average_precision_score, roc_auc_score
 
-from engine import metrics
-from engine.metrics import average_precision, binary_metrics, compute_pro, f1_score_max, pro_thresholds, roc_auc
+from engine import metrics, pro_regions, rank_counts
+from engine.metrics import (average_precision, binary_metrics, compute_pro, f1_score_max, pixel_metrics,
+                            pro_thresholds, roc_auc)
 from oracles import brute_force_f1_max, reference_f1_max, reference_pro
 
 
@@ -127,7 +128,7 @@ def test_compute_pro_in_several_chunks(monkeypatch):
     """Stacks of images processed in steps give the same sums as one step."""
     masks, amaps = synthetic_case(21, n=7, h=16, w=20, levels=9)
     whole = compute_pro(masks, amaps)
-    monkeypatch.setattr(metrics, "_PRO_CHUNK_PIXELS", 2 * 16 * 20)
+    monkeypatch.setattr(pro_regions, "STEP_PIXELS", 2 * 16 * 20)
     assert compute_pro(masks, amaps) == pytest.approx(whole, abs=1e-12)
     assert whole == pytest.approx(reference_pro(masks, amaps), abs=1e-9)
 
@@ -222,3 +223,60 @@ def test_binary_metrics_reject_what_sklearn_rejects():
         binary_metrics(np.array([0, 1, 1]), np.array([0.1, np.nan, 0.3]))
     with pytest.raises(ValueError):
         binary_metrics(np.array([0, 2, 1]), np.array([0.1, 0.2, 0.3]))  # not binary
+
+
+# ----------------------------------------------------------------------------- the slab path, pixel_metrics
+
+@pytest.fixture
+def slab_path(monkeypatch):
+    """rank_counts' slab machinery (used above 4 M scores) on these small arrays, in many
+    chunks; the values must not change."""
+    monkeypatch.setattr(rank_counts, "SORT_BELOW", 0)
+    monkeypatch.setattr(rank_counts, "CHUNK", 500)
+
+
+@pytest.mark.parametrize("key", list(REFERENCE_RUN)[::2])
+def test_slab_path_equals_the_reference_run(key, slab_path):
+    expected = REFERENCE_RUN[key]
+    seed, levels, int_masks = map(int, key.split(","))
+    masks, amaps = synthetic_case(seed, levels=levels) if levels >= 0 else on_threshold_case(seed)
+    masks = masks.astype(np.uint8) if int_masks else masks
+    aupro = compute_pro(masks, amaps)
+    auroc, ap, f1 = binary_metrics(masks.ravel(), amaps.ravel())
+    assert aupro == pytest.approx(expected["aupro"], abs=1e-12)
+    assert (auroc, ap, f1) == pytest.approx((expected["auroc"], expected["ap"], expected["f1"]), abs=1e-12)
+    assert pixel_metrics(masks, amaps) == (auroc, ap, f1, aupro)  # one pass, the same values
+
+
+@pytest.mark.parametrize("case", range(6))
+def test_slab_path_binary_metrics_equal_sklearn(case, slab_path):
+    y_true, y_score = list(label_score_cases())[case]
+    auroc, ap, f1, threshold = metrics.binary_metrics_and_threshold(y_true, y_score)
+    assert auroc == pytest.approx(roc_auc_score(y_true, y_score), abs=1e-9)
+    assert ap == pytest.approx(average_precision_score(y_true, y_score), abs=1e-9)
+    assert f1 == pytest.approx(reference_f1_max(y_true, y_score), abs=1e-9)
+    predicted = y_score > threshold  # the F1-max partition
+    tp = np.sum(predicted & (y_true != 0))
+    assert 2 * tp / (predicted.sum() + np.sum(y_true != 0)) == pytest.approx(f1, abs=1e-6)
+
+
+def test_pixel_metrics_equal_the_separate_metrics():
+    masks, amaps = synthetic_case(31, n=6, h=24, w=20, levels=25)
+    amaps[1] -= 0.7  # negative scores: the general keys
+    expected = (*binary_metrics(masks.ravel(), amaps.ravel()), compute_pro(masks, amaps))
+    assert pixel_metrics(masks, amaps) == expected
+    assert expected[3] == pytest.approx(reference_pro(masks, amaps), abs=1e-9)
+
+
+def test_pixel_metrics_undefined_cases():
+    masks, amaps = synthetic_case(32, n=3, h=16, w=16)
+    assert all(math.isnan(v) for v in pixel_metrics(np.zeros_like(masks), amaps))  # no anomaly
+    assert all(math.isnan(v) for v in pixel_metrics(np.ones_like(masks), amaps))  # no normal pixel
+    auroc, ap, f1, aupro = pixel_metrics(masks, np.full(amaps.shape, 0.5, np.float32))  # constant
+    assert (auroc, ap, f1) == binary_metrics(masks.ravel(), np.full(masks.size, 0.5, np.float32))
+    assert math.isnan(aupro)
+    for bad in (np.nan, np.inf):
+        broken = amaps.copy()
+        broken[0, 0, 0] = bad
+        with pytest.raises(ValueError):
+            pixel_metrics(masks, broken)
