@@ -27,8 +27,8 @@ from .errors import DatasetError
 from .fewshot import fewshot_samples
 from .folders import IMAGE_EXTENSIONS, NORMAL_FOLDERS, discover_classes, is_hidden, is_image_name
 from .images import READABLE_MODES, check_images, load_mask, load_rgb
-from .layouts import (DATASETS, MVTEC_LAYOUT, REALIAD_LAYOUT, DatasetSpec, Layout, dataset_spec,
-                      realiad_categories, register_dataset)
+from .layouts import (DATASETS, MVTEC_LAYOUT, REALIAD_LAYOUT, DatasetSpec, Layout, dataset_for_path,
+                      dataset_spec, realiad_categories, register_dataset)
 from .manta import MANTATinyDataset
 from .mulsen import (MulSenTestDataset, MulSenTrainDataset, create_depth_mask_from_3d_mask,
                      mulsen_classes, stl_to_depth_map)
@@ -49,7 +49,7 @@ __all__ = [
     "mvtec_train_set", "discover_classes", "check_images", "check_mask_sizes", "image_paths",
     "load_rgb", "load_mask", "IMAGE_EXTENSIONS", "is_image_name", "is_hidden", "READABLE_MODES",
     "IMAGENET_MEAN", "IMAGENET_STD", "DATASETS", "DatasetSpec", "Layout", "MVTEC_LAYOUT",
-    "REALIAD_LAYOUT", "dataset_spec", "realiad_categories", "register_dataset",
+    "REALIAD_LAYOUT", "dataset_for_path", "dataset_spec", "realiad_categories", "register_dataset",
     # Dinomaly2: multi-view, RGB + depth, RGB + infrared
     "RealIADDatasetv2", "multiview_classes", "multiview_layout", "object_key", "MANTATinyDataset",
     "MANTA_CLASSES", "MVTec3DDataset", "MVTEC3D_CLASSES", "depth_to_image", "read_depth",

@@ -4,8 +4,8 @@ layout (its title and class list). The run's `--dataset` is a registered name; a
 dataset is one `register_dataset(...)` (and, for a new layout, one `Layout`): see
 docs/EXTENDING.md.
 
-Registered here: MVTec AD, VisA (prepared) and MPDD in the MVTec layout, Real-IAD in its
-json layout.
+Registered here: MVTec AD, VisA (prepared), MPDD, BTAD, MIAD, Uni-Medical and any folders
+(`folders`) in the MVTec layout, Real-IAD in its json layout.
 
 What the engine relies on: the training set is a `ConcatDataset` with one part per class, in
 class order, of items `(img, label)` (or longer tuples starting so); a test set yields
@@ -22,7 +22,8 @@ from pathlib import Path
 
 from torch.utils.data import ConcatDataset, Dataset
 
-from .classes import MPDD_CLASSES, MVTEC_CLASSES, REALIAD_CLASSES, VISA_CLASSES
+from .classes import (BTAD_CLASSES, CLASSES_BY_PATH, MIAD_CLASSES, MPDD_CLASSES, MVTEC_CLASSES,
+                      REALIAD_CLASSES, UNI_MEDICAL_CLASSES, VISA_CLASSES)
 from .errors import DatasetError
 from .folders import discover_classes
 from .mvtec import MVTecDataset, mvtec_train_set
@@ -66,6 +67,17 @@ def register_dataset(spec: DatasetSpec) -> DatasetSpec:
     return spec
 
 
+def dataset_for_path(data_path: str) -> str:
+    """`--dataset auto`: the dataset the Dinomaly2 preview code's 2D script recognises in the
+    path (the first of its names contained in the lower-cased path: mvtec, visa, btech (BTAD),
+    mpdd, miad, medical (Uni-Medical)), else `folders` (every class folder found there)."""
+    lowered = str(data_path).lower()
+    for word, _ in CLASSES_BY_PATH:
+        if word in lowered:
+            return PATH_WORDS[word]
+    return "folders"
+
+
 def dataset_spec(name: str) -> DatasetSpec:
     """The dataset registered as `name`; DatasetError listing the registered ones."""
     if name not in DATASETS:
@@ -81,7 +93,7 @@ def _mvtec_test_set(root: str, name: str, transform: Callable, gt_transform: Cal
 
 MVTEC_LAYOUT = Layout(
     name="mvtec", folders="<class>/train/good, <class>/test/<defect>, <class>/ground_truth/<defect>",
-    discover=discover_classes, discover_help="every folder under --data_path with train/good",
+    discover=discover_classes, discover_help="every folder under --data_path with train/good (or train/ok)",
     train_set=mvtec_train_set, test_set=_mvtec_test_set)
 
 
@@ -116,3 +128,11 @@ register_dataset(DatasetSpec("mvtec", "MVTec AD", tuple(MVTEC_CLASSES), MVTEC_LA
 register_dataset(DatasetSpec("visa", "VisA", tuple(VISA_CLASSES), MVTEC_LAYOUT))
 register_dataset(DatasetSpec("realiad", "Real-IAD", tuple(REALIAD_CLASSES), REALIAD_LAYOUT))
 register_dataset(DatasetSpec("mpdd", "MPDD", tuple(MPDD_CLASSES), MVTEC_LAYOUT))
+# The MVTec layout with train/ok, test/{ok,ko}, ground_truth/ko (BTAD), and two more sets of
+# the Dinomaly2 paper; `folders`: any such tree, its classes found there (an empty list)
+register_dataset(DatasetSpec("btad", "BTAD", tuple(BTAD_CLASSES), MVTEC_LAYOUT))
+register_dataset(DatasetSpec("miad", "MIAD", tuple(MIAD_CLASSES), MVTEC_LAYOUT))
+register_dataset(DatasetSpec("unimedical", "Uni-Medical", tuple(UNI_MEDICAL_CLASSES), MVTEC_LAYOUT))
+register_dataset(DatasetSpec("folders", "MVTec-layout folders", (), MVTEC_LAYOUT))
+PATH_WORDS = {"mvtec": "mvtec", "visa": "visa", "btech": "btad", "mpdd": "mpdd", "miad": "miad",
+              "medical": "unimedical"}  # the preview's words in a path -> our datasets

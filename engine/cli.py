@@ -36,8 +36,8 @@ def _flag_options(name: str, hint: object, default: object) -> dict[str, object]
         return {"type": str}  # comma-separated (--classes)
     if name == "encoder":
         return {"type": str, "choices": models.encoder_names()}
-    if name == "dataset":
-        return {"type": str, "choices": tuple(dataset.DATASETS)}
+    if name == "dataset":  # auto: the dataset named in --data_path (dataset.dataset_for_path)
+        return {"type": str, "choices": (*dataset.DATASETS, "auto")}
     for simple in (int, float):
         if hint is simple:
             return {"type": simple}
@@ -133,6 +133,8 @@ def _resolved(values: dict[str, object], defaults: RunConfig, given: set[str]) -
         raise CheckError(f"--checkpoint {values['checkpoint']} does not exist")
     if values["resume"] and values["eval_only"]:
         raise CheckError("--resume continues a training run; --eval_only trains nothing")
+    if values["dataset"] == "auto":
+        values["dataset"] = dataset.dataset_for_path(str(values["data_path"]))
     spec = dataset.dataset_spec(str(values["dataset"]))
     if values["demo"] and (spec.layout is not dataset.MVTEC_LAYOUT or values["separate"]):
         raise CheckError("--demo is the multi-class MVTec-layout demo: python dinomaly_mvtec_uni.py --demo")
@@ -156,11 +158,12 @@ def _resolved(values: dict[str, object], defaults: RunConfig, given: set[str]) -
 
 
 def resolve_classes(classes: object, spec: dataset.DatasetSpec, data_path: str) -> tuple[str, ...]:
-    """`--classes` as a tuple: the script's (or, if empty, the dataset's whole list), a
-    comma-separated list (spaces trimmed), or `auto` (the layout's discovery)."""
-    if isinstance(classes, tuple):
+    """`--classes` as a tuple: the script's (or, if empty, the dataset's whole list; a
+    dataset without a list: the classes found), a comma-separated list (spaces trimmed), or
+    `auto` (the layout's discovery)."""
+    if isinstance(classes, tuple) and (classes or spec.classes):
         return classes or spec.classes
-    if classes.strip() == "auto":
+    if isinstance(classes, tuple) or classes.strip() == "auto":
         found = tuple(spec.layout.discover(data_path))
         if not found:
             raise CheckError(f"--classes auto found no class under {data_path}")

@@ -35,7 +35,8 @@ class RunConfig:
     METHOD: typing.ClassVar[str] = ""  # the recipe that reads this config (its `name`)
 
     # data
-    dataset: str = setting("mvtec", "the dataset's layout and class list (a registered dataset)",
+    dataset: str = setting("mvtec", "the dataset's layout and class list (a registered dataset; "
+                                    "auto: the one named in --data_path, else its folders)",
                            metavar="NAME")
     data_path: str = setting("../mvtec_anomaly_detection", "dataset root")
     classes: tuple[str, ...] = setting(

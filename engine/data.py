@@ -11,20 +11,22 @@ from torch.utils.data import DataLoader, Dataset
 import dataset
 from engine import distributed
 from engine.config import RunConfig
+from recipes import recipe_of
 
 
 def build_datasets(cfg: RunConfig, classes: Sequence[str], cache_images: bool = False
                    ) -> tuple[Dataset, dict[str, Dataset]]:
-    """The training set of `cfg.dataset` at `cfg.data_path` (the union of `classes`, in
-    order, one part per class; `cache_images`: its images decoded and resized now, kept in
-    RAM, one copy per machine under torchrun) and one test set per class. Under torchrun
+    """The training set of `cfg.dataset` at `cfg.data_path` as the method builds it (the
+    union of `classes`, in order, one part per class; `cache_images`: its images decoded and
+    resized now, kept in RAM, one copy per machine under torchrun) and one test set per
+    class, through the dataset's layout. Under torchrun
     with `cache_images`, every rank must call it (collective)."""
     cache: bool | dataset.SharedCache = cache_images
     if cache_images and distributed.world_size() > 1:
         cache = shared_image_cache()
     layout = dataset.dataset_spec(cfg.dataset).layout
     data_transform, gt_transform = dataset.get_data_transforms(cfg.image_size, cfg.crop_size)
-    train_set = layout.train_set(cfg.data_path, list(classes), data_transform, cache)
+    train_set = recipe_of(cfg).train_set(cfg, classes, cache)  # the method's (its augmentations)
     test_sets = {c: layout.test_set(cfg.data_path, c, data_transform, gt_transform)
                  for c in classes}
     return train_set, test_sets

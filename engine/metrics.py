@@ -125,7 +125,7 @@ def _binary_from_counts(r: _Ranked) -> tuple[float, float, float, float]:
     """
     n_pos, n_neg = int(r.counts.sum()), r.n_negatives
     positives_at_most = np.cumsum(r.counts)
-    weighted = np.empty(r.values.size)  # counts * precision, summed once at the end
+    precisions = np.empty(r.values.size)  # at each distinct positive score
     pairs_twice = 0  # 2 * (correctly ordered pairs + ties / 2), exact
     f1_max, f1_max_score = -math.inf, math.nan
     for start in range(0, r.values.size, _CHUNK):
@@ -140,12 +140,29 @@ def _binary_from_counts(r: _Ranked) -> tuple[float, float, float, float]:
         precision = tp / (tp + fp)
         recall = tp / n_pos
         f1 = 2 * precision * recall / (precision + recall + 1e-7)
-        np.multiply(counts, precision, out=weighted[part])
+        precisions[part] = precision
         best = int(f1.argmax())  # the first maximum: chunks run upwards, so the lowest score
         if f1[best] > f1_max:
             f1_max, f1_max_score = float(f1[best]), float(r.values[start + best])
     auroc = pairs_twice / (2 * n_pos * n_neg)
-    return auroc, float(weighted.sum()) / n_pos, f1_max, f1_max_score
+    return auroc, _precision_sum(precisions, r.counts, positives_at_most) / n_pos, f1_max, f1_max_score
+
+
+def _precision_sum(precisions: np.ndarray, counts: np.ndarray, ends: np.ndarray) -> float:
+    """The sum of the precision at every positive score, ties repeated (AP · P), added as
+    this module always has: numpy's sum over each run of `_CHUNK` positives in ascending
+    order, then those sums exactly (`math.fsum`), so that the metrics of a run stay the same
+    to the last bit. `ends`: positives up to and including each distinct score."""
+    sums = []
+    n_pos = int(ends[-1])
+    for start in range(0, n_pos, _CHUNK):
+        stop = min(start + _CHUNK, n_pos)
+        first = int(np.searchsorted(ends, start, side="right"))  # the score of positive `start`
+        last = int(np.searchsorted(ends, stop - 1, side="right"))
+        begins = ends[first:last + 1] - counts[first:last + 1]
+        repeats = np.minimum(ends[first:last + 1], stop) - np.maximum(begins, start)
+        sums.append(float(np.repeat(precisions[first:last + 1], repeats).sum()))
+    return math.fsum(sums)
 
 
 def _ranked_binary(y_true: np.ndarray, y_score: np.ndarray) -> tuple[np.ndarray, _Ranked]:

@@ -28,6 +28,11 @@ UNDEFINED_HINT = ("nan = not defined for that class: the image metrics need norm
                   "anomalous test images, the pixel metrics anomalous and normal mask pixels")
 
 
+def _published(value: float | None) -> str:
+    """A published number as published (percent), or a dash where none was published."""
+    return "–" if value is None else repr(float(value))
+
+
 def _row(cells: Sequence[str]) -> str:
     return "| " + " | ".join(cells) + " |"
 
@@ -54,7 +59,7 @@ def results_markdown(results: Mapping[str, Sequence[float]], title: str,
         else:
             lines.append(_row([name, *cells]))
     if paper is not None:
-        lines.append(_row([paper_label, *(repr(float(v)) for v in paper)]))  # as published
+        lines.append(_row([paper_label, *(_published(v) for v in paper)]))  # as published
     if note or any(math.isnan(float(v)) for values in results.values() for v in values):
         lines += ["", (f"{note}. " if note else "") + UNDEFINED_HINT + "."]
     if paper is not None:
@@ -96,7 +101,7 @@ def metrics_table(results: Mapping[str, Sequence[float]], ref: Reference | None,
                     + "".join(_cell(v) for v in values) + "</tr>")
     if ref is not None:  # the published numbers, as published
         rows.append(f'<tr class="paper"><td>{html.escape(ref.label)}</td>'
-                    + "".join(f'<td class="num">{float(v)!r}</td>' for v in ref.means) + "</tr>")
+                    + "".join(f'<td class="num">{_published(v)}</td>' for v in ref.means) + "</tr>")
     return (f'<table class="metrics"><thead><tr><th>class</th>{head}</tr></thead>'
             f'<tbody>{"".join(rows)}</tbody></table>')
 

@@ -50,9 +50,11 @@ def run(cfg: RunConfig, argv: Sequence[str] = (),
     the data, the batch size, the image files, the checkpoints and (with --resume) the
     settings are known to fit.
     """
+    if cfg.dataset == "auto":  # the dataset named in the path (the command line resolves it too)
+        cfg = dataclasses.replace(cfg, dataset=dataset.dataset_for_path(cfg.data_path))
     spec = dataset.dataset_spec(cfg.dataset)
-    cfg = dataclasses.replace(cfg, device=cfg.device or default_device(),
-                              classes=tuple(cfg.classes) or spec.classes)
+    classes = tuple(cfg.classes) or spec.classes or tuple(spec.layout.discover(cfg.data_path))
+    cfg = dataclasses.replace(cfg, device=cfg.device or default_device(), classes=classes)
     processes = distributed.world_size()
     if processes > 1 and (cfg.eval_only or cfg.demo):
         raise RunError(f"{'--eval_only' if cfg.eval_only else '--demo'} runs in one process: "

@@ -23,9 +23,11 @@ from typing import ClassVar, NamedTuple
 
 import torch
 from torch import nn
+from torch.utils.data import ConcatDataset
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
+import dataset
 from engine.config import RunConfig
 from engine.evaluation import IMAGE_AND_PIXEL_METRICS  # noqa: F401  (what a recipe reports by default)
 
@@ -44,9 +46,10 @@ class Optimization(NamedTuple):
 
 class Reference(NamedTuple):
     """Published means shown beside a run's: the table row's label, the numbers (percent,
-    as published), whose they are, and the settings in which the run differs from theirs."""
+    as published; None where a metric was not published), whose they are, and the settings
+    in which the run differs from theirs."""
     label: str
-    means: tuple[float, ...]
+    means: tuple[float | None, ...]
     note: str
     differences: list[str]
 
@@ -89,6 +92,15 @@ class Recipe:
         """`forward(images B×3×H×W)` → `(anomaly maps B×1×R×R, image scores B)`: what the
         evaluation, predict.py and the exported model compute."""
         raise NotImplementedError
+
+    def train_set(self, cfg: RunConfig, classes: Sequence[str],
+                  cache_images: object = False) -> ConcatDataset:
+        """The training set of `classes` (one part per class, in order): by default the
+        dataset's layout read with the test transform, as Dinomaly trains. `cache_images`:
+        see `dataset.mvtec_train_set`."""
+        transform, _ = dataset.get_data_transforms(cfg.image_size, cfg.crop_size)
+        layout = dataset.dataset_spec(cfg.dataset).layout
+        return layout.train_set(cfg.data_path, list(classes), transform, cache_images)
 
     def score_settings(self, cfg: RunConfig) -> dict[str, object]:
         """The settings of the image score, recorded in thresholds.json (predict.py reads

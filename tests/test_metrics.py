@@ -203,6 +203,24 @@ def test_binary_metrics_in_many_chunks(monkeypatch):
     assert whole[0] == pytest.approx(roc_auc_score(y_true, y_score), abs=1e-9)
 
 
+def test_average_precision_is_added_in_positive_chunks(monkeypatch):
+    """AP's float64 rounding is pinned (a run's results.csv keeps its last digits): numpy's
+    sum of the precision at each positive, ties repeated, over runs of `_CHUNK` positives in
+    ascending score order, then those sums added exactly; written out plainly here."""
+    y_true, y_score = list(label_score_cases())[2]
+    monkeypatch.setattr(metrics, "_CHUNK", 7)
+    labels, scores = np.asarray(y_true).ravel() != 0, np.asarray(y_score).ravel()
+    positives = np.sort(scores[labels])
+    negatives = np.sort(scores[~labels])
+    tp = positives.size - np.searchsorted(positives, positives, side="left")
+    fp = negatives.size - np.searchsorted(negatives, positives, side="left")
+    precision = tp / (tp + fp)
+    chunks = [float(precision[k:k + 7].sum()) for k in range(0, positives.size, 7)]
+    assert binary_metrics(y_true, y_score)[1] == math.fsum(chunks) / positives.size
+    assert pixel_metrics(labels.reshape(1, 1, -1), scores.reshape(1, 1, -1))[1] == \
+        math.fsum(chunks) / positives.size
+
+
 def test_perfect_and_inverted_detectors():
     rng = np.random.default_rng(5)
     y = rng.random(500) < 0.3
