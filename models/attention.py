@@ -7,7 +7,7 @@ large negative number to the logits before the softmax).
 import torch
 from torch import nn
 
-from .heads import merge_heads, split_heads
+from .heads import HeadProjections
 
 
 class DropKey(nn.Module):
@@ -28,7 +28,7 @@ class DropKey(nn.Module):
         return attn + torch.bernoulli(torch.ones_like(attn) * self.p) * -1e12
 
 
-class Attention(nn.Module):
+class Attention(HeadProjections):
     """Softmax attention, `(B, N, C) -> (B, N, C)`: per head
     `softmax(DropKey(q kᵀ · hd^-½)) v`, then the output projection (with bias).
 
@@ -39,16 +39,13 @@ class Attention(nn.Module):
 
     def __init__(self, dim: int, num_heads: int = 8, qkv_bias: bool = False,
                  attn_drop: float = 0.0) -> None:
-        super().__init__()
-        self.num_heads = num_heads
+        # qkv, proj (the drop holds no parameters and draws nothing when built)
+        super().__init__(dim, num_heads, qkv_bias)
         self.scale = (dim // num_heads) ** -0.5
-        # construction order qkv, proj (the drops hold no parameters): the init draws' order
-        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.attn_drop = DropKey(attn_drop)
-        self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
-        q, k, v = split_heads(self.qkv(x), self.num_heads)  # 3 × (B, heads, N, hd)
+        q, k, v = self.split(x)  # 3 × (B, heads, N, hd)
         attn = torch.matmul(q, k.transpose(-2, -1)) * self.scale
         attn = self.attn_drop(attn)
         attn = attn.softmax(dim=-1)
@@ -56,5 +53,4 @@ class Attention(nn.Module):
             # the preview's `attn[:, :, mask == 0] = 0` by boolean indexing, without its
             # host-device synchronisation
             attn = attn.masked_fill(attn_mask == 0, 0.0)
-        x = merge_heads(torch.matmul(attn, v))  # B, heads, N, hd -> B, N, C
-        return self.proj(x)
+        return self.merge(torch.matmul(attn, v))  # B, heads, N, hd -> B, N, C, projected

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .heads import merge_heads, split_heads
+from .heads import HeadProjections, merge_heads, split_heads
 from .mlp import Mlp
 
 
@@ -25,7 +25,7 @@ class bMlp(Mlp):
         return super().forward(x)
 
 
-class LinearAttention2(nn.Module):
+class LinearAttention2(HeadProjections):
     """Linear attention, `(B, N, C) -> (B, N, C)`.
 
     Per head, with `q' = elu(q) + 1`, `k' = elu(k) + 1`:
@@ -40,11 +40,8 @@ class LinearAttention2(nn.Module):
 
     def __init__(self, dim: int, num_heads: int = 8, qkv_bias: bool = False,
                  eps: float = 0.0) -> None:
-        super().__init__()
-        self.num_heads = num_heads
+        super().__init__(dim, num_heads, qkv_bias)
         self.eps = eps
-        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
         """`attn_mask` is ignored (there are no attention weights to mask), as in the

@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..heads import merge_heads, softmax_attention, split_heads
+from ..heads import HeadProjections, softmax_attention
 from .rope import apply_rope
 
 
@@ -28,7 +28,7 @@ class LinearKMaskedBias(nn.Linear):
         return F.linear(x, self.weight, bias)
 
 
-class SelfAttention(nn.Module):
+class SelfAttention(HeadProjections):
     """`(B, N, C), (sin, cos) -> (B, N, C)`; RoPE on the last `h·w` tokens (the patches).
 
     `fused=True` runs `F.scaled_dot_product_attention`; `fused=False` the explicit
@@ -36,19 +36,14 @@ class SelfAttention(nn.Module):
     """
 
     def __init__(self, dim: int, num_heads: int, fused: bool = True) -> None:
-        super().__init__()
-        self.num_heads = num_heads
+        super().__init__(dim, num_heads, qkv=LinearKMaskedBias(dim, dim * 3))
         self.fused = fused
-        self.qkv = LinearKMaskedBias(dim, dim * 3)
-        self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         sin, cos = rope
         prefix = x.shape[1] - sin.shape[0]  # cls + storage tokens: no position, no rotation
-        q, k, v = split_heads(self.qkv(x), self.num_heads)  # 3 × (B, heads, N, head_dim)
+        q, k, v = self.split(x)  # 3 × (B, heads, N, head_dim)
         q = torch.cat((q[:, :, :prefix], apply_rope(q[:, :, prefix:], sin, cos)), dim=2)
         k = torch.cat((k[:, :, :prefix], apply_rope(k[:, :, prefix:], sin, cos)), dim=2)
         x = softmax_attention(q, k, v, self.fused)
-        x = merge_heads(x)  # B, heads, N, hd -> B, N, C
-        x = self.proj(x)
-        return x
+        return self.merge(x)  # B, heads, N, hd -> B, N, C, projected
