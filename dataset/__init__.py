@@ -40,6 +40,7 @@ from .shared_cache import SharedCache
 from .stl import read_stl, stl_vertices
 from .strong_transforms import RandomRotate90, get_strong_transforms
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, get_data_transforms, split_resize
+from .worker_streams import PREVIEW_WORKERS, WorkerStreams
 
 __all__ = [
     "DatasetError", "MVTEC_CLASSES", "VISA_CLASSES", "REALIAD_CLASSES", "MPDD_CLASSES",
@@ -55,6 +56,8 @@ __all__ = [
     "MANTA_CLASSES", "MVTec3DDataset", "MVTEC3D_CLASSES", "depth_to_image", "read_depth",
     "MulSenTrainDataset", "MulSenTestDataset", "mulsen_classes", "MULSEN_CLASSES", "stl_to_depth_map",
     "create_depth_mask_from_3d_mask", "read_stl", "stl_vertices",
+    # Dinomaly2's few-shot augmentation, drawn as the preview's loader processes draw it
+    "WorkerStreams", "PREVIEW_WORKERS",
 ]
 
 

@@ -46,10 +46,16 @@ def make_train_loader(cfg: RunConfig, train_set: Dataset) -> DataLoader:
     `DataLoader(shuffle=True, drop_last=True)`. Loader processes live across epochs (no
     restart of `num_workers` processes at each epoch; the sampler replays the random draw a
     fresh iterator would make, so the batches and generators are the same) and batches are
-    pinned for CUDA (asynchronous copies to the GPU)."""
+    pinned for CUDA (asynchronous copies to the GPU). A training set with `tagged_samples`
+    gets `(index, worker seed, batch, place)` items (`dataset.WorkerStreams`)."""
     persistent = cfg.num_workers > 0
+    # a training set whose augmentation replays the reference loader's workers
+    # (dataset.WorkerStreams) gets its samples tagged: the sampler draws the worker seeds
+    tagged = bool(getattr(train_set, "tagged_samples", False))
     sampler = distributed.GlobalBatchSampler(len(train_set), cfg.batch_size, distributed.rank(),
-                                             distributed.world_size(), persistent_loader=persistent)
+                                             distributed.world_size(), persistent_loader=persistent,
+                                             tag=tagged)
     return DataLoader(train_set, batch_sampler=sampler, num_workers=cfg.num_workers,
                       persistent_workers=persistent,
-                      pin_memory=torch.device(cfg.device).type == "cuda")
+                      pin_memory=torch.device(cfg.device).type == "cuda",
+                      generator=torch.Generator() if tagged else None)

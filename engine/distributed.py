@@ -168,38 +168,50 @@ class GlobalBatchSampler(Sampler[list[int]]):
             worker seed only before the first epoch; the sampler makes that draw itself
             before each later epoch, keeping the generator (and the shuffles) as with fresh
             iterators.
+        tag: yield `(index, worker_seed, batch, place)` instead of each index (a training
+            set whose augmentation replays a fresh iterator's workers:
+            `dataset.WorkerStreams`): the sampler draws every epoch's worker seed itself
+            (rank 0's on every rank), where a fresh iterator would have; the loader then
+            draws its own from a private generator.
     """
 
     def __init__(self, n: int, batch_size: int, rank: int = 0, processes: int = 1,
-                 persistent_loader: bool = False) -> None:
+                 persistent_loader: bool = False, tag: bool = False) -> None:
         self.n = n
         self.batch_size = batch_size
         self.share = local_batch_size(batch_size, processes)
         self.offset = rank * self.share
         self.persistent_loader = persistent_loader
+        self.tag = tag
         self.epochs_started = 0
         self.order: list[int] | None = None  # the current epoch's global order
-        self._pending: tuple[list[int], int] | None = None
+        self.worker_seed: int | None = None  # with `tag`: the current epoch's
+        self._pending: tuple[list[int], int, int | None] | None = None
 
     def __len__(self) -> int:
         return self.n // self.batch_size
 
-    def resume(self, order: Sequence[int], start: int) -> None:
+    def resume(self, order: Sequence[int], start: int, worker_seed: int | None = None) -> None:
         """Make the next epoch the rest of `order` from sample `start` on (a multiple of
-        `batch_size`), drawing nothing."""
+        `batch_size`; with `tag`, under that epoch's `worker_seed`), drawing nothing."""
         if sorted(order) != list(range(self.n)) or start % self.batch_size:
             raise ValueError(f"cannot resume at sample {start} of an order of {len(order)} "
                              f"samples with {self.n} images and batches of {self.batch_size}")
-        self._pending = (list(order), start)
+        if self.tag and worker_seed is None:
+            raise ValueError("cannot resume a tagged epoch without its worker seed")
+        self._pending = (list(order), start, worker_seed)
 
     def __iter__(self) -> Iterator[list[int]]:
         # a generator: nothing below runs before the first batch is requested
         if self._pending is not None:
-            self.order, start = self._pending
+            self.order, start, self.worker_seed = self._pending
             self._pending = None
         else:
-            if self.persistent_loader and self.epochs_started > 0:
-                torch.empty((), dtype=torch.int64).random_()  # a fresh iterator's worker seed
+            if self.tag or (self.persistent_loader and self.epochs_started > 0):
+                # a fresh iterator's worker seed
+                worker_seed = torch.empty((), dtype=torch.int64).random_()
+                if self.tag:
+                    self.worker_seed = broadcast_from_main(int(worker_seed.item()))
             seed = int(torch.empty((), dtype=torch.int64).random_().item())
             generator = torch.Generator()
             generator.manual_seed(broadcast_from_main(seed))
@@ -207,4 +219,8 @@ class GlobalBatchSampler(Sampler[list[int]]):
             start = 0
         self.epochs_started += 1
         for first in range(start, self.n - self.batch_size + 1, self.batch_size):
-            yield self.order[first + self.offset: first + self.offset + self.share]
+            share = self.order[first + self.offset: first + self.offset + self.share]
+            if self.tag:
+                batch = first // self.batch_size
+                share = [(i, self.worker_seed, batch, self.offset + j) for j, i in enumerate(share)]
+            yield share

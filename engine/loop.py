@@ -202,7 +202,7 @@ class ModelTraining:
         p = self.progress
         if epoch != p.epoch or p.epoch_order is None:
             return self.loader, []
-        self.sampler.resume(p.epoch_order, p.epoch_position * self.cfg.batch_size)
+        self.sampler.resume(p.epoch_order, p.epoch_position * self.cfg.batch_size, p.epoch_seed)
         # creating the iterator draws a worker seed that the stopped run drew before its
         # checkpoint: undone
         generator_state = torch.get_rng_state()
@@ -246,6 +246,7 @@ class ModelTraining:
             p = self.progress
             p.iteration, p.epoch = it, epoch
             p.epoch_order, p.epoch_position = self.sampler.order, position
+            p.epoch_seed = self.sampler.worker_seed
             p.restarts = self.restarts
             self.save_checkpoint(finished=final)
 

@@ -20,7 +20,7 @@ import models
 from engine.config import RunConfig
 from engine.errors import CheckError
 from engine.thresholds import THRESHOLDS_NAME
-from recipes import get_recipe, recipe_of
+from recipes import get_recipe, recipe_names, recipe_of
 from recipes.anomaly_map import AnomalyPipeline  # noqa: F401  (Dinomaly's, re-exported)
 
 DEFAULT_METHOD = "dinomaly"  # a bare model.pth, or a run folder written before methods were named
@@ -68,7 +68,8 @@ def resolve_source(checkpoint: str, class_name: str | None, encoder: str | None,
                    image_size: int | None, crop_size: int | None) -> ModelSource:
     """`--checkpoint` as a `ModelSource`: a run folder (settings from its config.json; the
     class-separated `<class>/model.pth` of `class_name`), or a `model.pth` with `encoder` and
-    the sizes (defaults 448 / 392, the paper's). A flag that does not fit raises CheckError
+    the sizes (defaults 448 / 392, the paper's), its method told by its keys (the method's
+    default settings otherwise). A flag that does not fit raises CheckError
     (exit status 2), a missing or unreadable file CheckpointError (1)."""
     path = Path(checkpoint)
     if not path.exists():
@@ -78,8 +79,9 @@ def resolve_source(checkpoint: str, class_name: str | None, encoder: str | None,
             raise CheckError(f"--checkpoint {checkpoint} is a bare model file: pass --encoder "
                              "(and --image_size / --crop_size if not 448 / 392), or the run folder")
         models.find_encoder(encoder)  # EncoderError lists the names
-        cfg = get_recipe(DEFAULT_METHOD).Config(encoder=encoder, image_size=image_size or 448,
-                                                crop_size=crop_size or 392)
+        cfg = get_recipe(bare_file_method(path)).Config(encoder=encoder,
+                                                        image_size=image_size or 448,
+                                                        crop_size=crop_size or 392)
         return ModelSource(path, encoder, cfg.image_size, cfg.crop_size, cfg.eval_resolution,
                            float(getattr(cfg, "max_ratio", 0.01)), None, False, (), class_name, cfg)
     config = read_run_config(path)
@@ -110,6 +112,18 @@ def resolve_source(checkpoint: str, class_name: str | None, encoder: str | None,
                        int(config["crop_size"]), int(config.get("eval_resolution", 256)),
                        float(config.get("max_ratio", 0.01)), path, separate, classes, class_name,
                        run_cfg)
+
+
+def bare_file_method(path: Path) -> str:
+    """The method of a bare model file, told by its keys (`models.checkpoint.checkpoint_method`:
+    the model it belongs to, matched to the recipe of that title); DEFAULT_METHOD when
+    they say nothing (loading it then names what does not fit). An unreadable file raises
+    CheckpointError (through EncoderError) naming it."""
+    state_dict = models.checkpoint.model_state_dict(
+        models.vit_encoder.load_file(path, "checkpoint"), path)
+    found = models.checkpoint.checkpoint_method(state_dict)
+    titles = {get_recipe(name).title: name for name in reversed(recipe_names())}
+    return titles.get(found[0], DEFAULT_METHOD) if found else DEFAULT_METHOD
 
 
 def evaluated_checkpoint(run_dir: Path, config: dict[str, object], class_name: str | None) -> Path:

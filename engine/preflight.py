@@ -145,6 +145,8 @@ def check_checkpoints_fit(cfg: RunConfig) -> None:
         for path in sorted(set(eval_checkpoint_paths(cfg).values())):
             try:
                 models.load_checkpoint(model, path)
+            except models.checkpoint.MethodMismatch:
+                raise  # its line says which model and script it is for
             except models.CheckpointMismatch as err:
                 raise models.CheckpointError(f"{err} This run builds --encoder {cfg.encoder}: "
                                              "pass the encoder the checkpoint was trained "

@@ -17,6 +17,8 @@ A checkpoint is one plain dict (`torch.load(..., weights_only=True)` reads it):
     iteration             iterations done
     epoch, epoch_order,   the epoch in progress, its shuffled order (int64 tensor) and the
     epoch_position        batches of it already trained on: the loop restarts mid-epoch there
+    epoch_seed            that epoch's worker seed when the sampler tags its samples (a
+                          training set replaying the reference loader's augmentation), else None
     losses                float64 tensor, the loss of every iteration done (exact `loss.item()`)
     restarts              spike restarts so far (`--spike_restart`)
     results               the last evaluation's metrics per class
@@ -85,6 +87,7 @@ class Progress:
     epoch: int = 0  # epoch in progress (or next to start)
     epoch_order: list[int] | None = None  # that epoch's sample order, None if not started
     epoch_position: int = 0  # batches of epoch_order already trained on
+    epoch_seed: int | None = None  # that epoch's loader worker seed, when the sampler tags
     losses: list[float] = field(default_factory=list)  # one per iteration done
     restarts: int = 0  # spike restarts so far
 
@@ -139,6 +142,7 @@ def save_training_state(path: str | os.PathLike, model: nn.Module, optimizer: Op
         "epoch_order": (None if progress.epoch_order is None
                         else torch.tensor(progress.epoch_order, dtype=torch.int64)),
         "epoch_position": progress.epoch_position,
+        "epoch_seed": progress.epoch_seed,
         "losses": torch.tensor(progress.losses, dtype=torch.float64),
         "restarts": progress.restarts,
         "results": {str(k): [float(v) for v in vals] for k, vals in results.items()},
@@ -171,6 +175,7 @@ def progress_of(state: Mapping[str, object]) -> Progress:
     return Progress(iteration=int(state["iteration"]), epoch=int(state["epoch"]),
                     epoch_order=None if order is None else order.tolist(),
                     epoch_position=int(state["epoch_position"]),
+                    epoch_seed=state.get("epoch_seed"),
                     losses=state["losses"].tolist(), restarts=int(state["restarts"]))
 
 

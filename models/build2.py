@@ -51,18 +51,18 @@ def dinomaly2_bottleneck(dim: int, dropout: float) -> nn.ModuleList:
 
 
 def dinomaly2_decoder(dim: int, num_heads: int, linear_attention: bool = True,
-                      depth: int = 8) -> nn.ModuleList:
+                      depth: int = 8, attn_eps: float = ATTN_EPS) -> nn.ModuleList:
     """`depth` pre-norm blocks (MLP ×4, qkv bias, LayerNorm eps 1e-8): linear attention with
-    eps 1e-8 (`--la 1`) or softmax attention with DropKey p = 0 (`--la 0`)."""
+    `attn_eps` (1e-8, `--la 1`) or softmax attention with DropKey p = 0 (`--la 0`)."""
     attn_layer = None if linear_attention else Attention
     return nn.ModuleList(Block(dim, num_heads, mlp_ratio=4.0, qkv_bias=True, norm_eps=NORM_EPS,
-                               attn_eps=ATTN_EPS, attn_layer=attn_layer) for _ in range(depth))
+                               attn_eps=attn_eps, attn_layer=attn_layer) for _ in range(depth))
 
 
 def build_dinomaly2(encoder_name: str, weights: str = "official", dropout: float = 0.4,
                     recenter: bool = True, linear_attention: bool = True, loose_groups: int = 2,
                     *, device: str | torch.device | None = None,
-                    fused_attn: bool = True) -> Dinomaly:
+                    fused_attn: bool = True, attn_eps: float = ATTN_EPS) -> Dinomaly:
     """Dinomaly2's model as the preview code's 2D script builds it.
 
     In its order: the encoder (for DINOv2, after the draws of the DINOv1 ViT the preview's
@@ -80,13 +80,14 @@ def build_dinomaly2(encoder_name: str, weights: str = "official", dropout: float
         loose_groups: the fusion groups, an `--lc` value (`LOOSE_GROUPS`).
         device: where the model goes before `init_weights` (None: stays on the CPU).
         fused_attn: the encoder's attention through `F.scaled_dot_product_attention`.
+        attn_eps: the linear attention's denominator guard (1e-8 in every preview script).
     """
     groups = loose_group_list(loose_groups)
     family, arch = vit_encoder.find_encoder(encoder_name)
     encoder = vit_encoder.load(encoder_name, weights, fused_attn=fused_attn)
     dim, heads = encoder.embed_dim, encoder.num_heads
     bottleneck = dinomaly2_bottleneck(dim, dropout)
-    decoder = dinomaly2_decoder(dim, heads, linear_attention)
+    decoder = dinomaly2_decoder(dim, heads, linear_attention, attn_eps=attn_eps)
     model = Dinomaly(encoder, bottleneck, decoder, target_layers=list(arch.target_layers),
                      fuse_layer_encoder=groups, fuse_layer_decoder=groups,
                      context_aware_recenter=recenter,

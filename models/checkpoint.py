@@ -17,6 +17,10 @@ class CheckpointMismatch(CheckpointError):
     """A checkpoint that was read but does not fit the model (keys or shapes)."""
 
 
+class MethodMismatch(CheckpointMismatch):
+    """A checkpoint of the other method (Dinomaly's given to Dinomaly2's model, or the reverse)."""
+
+
 def convert_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Normalise keys to the reference's: a pure function, one rule per line."""
     out = {}
@@ -43,8 +47,8 @@ def check_method(model: nn.Module, state_dict: dict[str, torch.Tensor], path: Pa
     """One line when the file is for the other method (Dinomaly vs Dinomaly2)."""
     theirs, ours = checkpoint_method(state_dict), checkpoint_method(model.state_dict())
     if theirs and ours and theirs != ours:
-        raise CheckpointMismatch(f"checkpoint {path} is a {theirs[0]} model, this model is "
-                                 f"{ours[0]}: load it into a {theirs[0]} model ({theirs[1]})")
+        raise MethodMismatch(f"checkpoint {path} is a {theirs[0]} model, this model is "
+                             f"{ours[0]}: load it into a {theirs[0]} model ({theirs[1]})")
 
 
 def model_state_dict(obj: object, path: Path) -> dict[str, torch.Tensor]:

@@ -36,6 +36,32 @@ def tiny_run(tmp_path_factory) -> dict[str, Path]:
     return {"data": data, "run_dir": run_dir, "model": run_dir / "model.pth"}
 
 
+# A tiny Dinomaly2 run: random ViT-S, 64 -> 56 px, maps at 64 px, batch 2, CPU. 8 iterations
+# over 6 training images (3 batches an epoch), evaluated at 4 (mid-epoch) and 8.
+TINY_V2 = ["--encoder", "dinov2reg_vit_small_14", "--encoder_weights", "random",
+           "--image_size", "64", "--crop_size", "56", "--eval_resolution", "64",
+           "--batch_size", "2", "--num_workers", "0", "--device", "cpu", "--total_iters", "8",
+           "--eval_every", "4", "--log_every", "3"]
+
+
+@pytest.fixture(scope="session")
+def v2_run(tmp_path_factory) -> dict[str, Path]:
+    """One tiny finished run of dinomaly2_2d.py on two synthetic classes in the MVTec
+    layout, as MVTec AD (`--dataset mvtec`: the paper's row is shown), with heatmaps.
+    Returns its `data`, `run_dir` and `model` (model.pth)."""
+    import synth
+    import dinomaly2_2d
+    from engine.cli import main
+
+    root = tmp_path_factory.mktemp("v2_run")
+    data = synth.make_mvtec(root / "data", classes=("aaa", "bbb"), n_train=3)
+    main(dinomaly2_2d.config, [*TINY_V2, "--dataset", "mvtec", "--data_path", str(data),
+                               "--classes", "aaa,bbb", "--save_maps", "--save_dir",
+                               str(root / "results"), "--save_name", "run"])
+    run_dir = root / "results" / "run"
+    return {"data": data, "run_dir": run_dir, "model": run_dir / "model.pth"}
+
+
 def pytest_collection_modifyitems(config, items):
     """Every test skipped without CUDA counts as a `cuda` test too, wherever it lives, so
     that `pytest tests -m cuda` (benchmarks/gpu_bench.sh) runs all of them on a GPU."""

@@ -32,6 +32,10 @@ def sample(name: str, hint: object, current: object, tmp_path: Path) -> tuple[li
         "crop_size": (["224"], 224), "image_size": (["448"], 448),
         "betas": (["0.8", "0.99"], (0.8, 0.99)), "seed": (["7"], 7),
         "gt_threshold": (["0.5"], 0.5), "spike_factor": (["4"], 4.0),
+        # Dinomaly2's 0/1 switches and its fusion groups (the values it defines)
+        "la": (["0"], 0), "cr": (["0"], 0), "ll": (["0"], 0), "lc": (["14"], 14),
+        # a path naming its dataset (--dataset auto finds the class list there)
+        "data_path": (["../my_mvtec"], "../my_mvtec"),
     }
     if name in special:
         return special[name]
