@@ -72,7 +72,7 @@ class Case:
     score: float
     amap: np.ndarray | None  # None once drawn (`report_material.draw_class_cases`)
     mask: np.ndarray | None
-    view: int | None = None  # its place in its object (objects of several images)
+    view: int | None = None  # the part of its file it is (views side by side in one file)
 
 
 def _worst(labels: np.ndarray, scores: np.ndarray, threshold: float | None,
@@ -87,7 +87,8 @@ def _worst(labels: np.ndarray, scores: np.ndarray, threshold: float | None,
 
 
 def _case(maps: EvalMaps, kind: str, rank: int, i: int) -> Case:
-    view = None if maps.views is None else int(maps.views[i])
+    shared = maps.views is not None and maps.paths.count(maps.paths[i]) > 1
+    view = int(maps.views[i]) if shared else None  # its part of a file of several views
     return Case(kind, rank, maps.paths[i], float(maps.scores[i]), maps.maps[i].copy(),
                 maps.masks[i].copy(), view)
 

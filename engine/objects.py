@@ -140,7 +140,7 @@ def run_views(pipeline: nn.Module, images: torch.Tensor, forward: str = "views"
         return pipeline(images.flatten(0, 1))
     if forward == "objects":
         return pipeline(images)
-    outs = [pipeline(images[:, v]) for v in range(V)]
+    outs = [pipeline(images[:, v].contiguous()) for v in range(V)]  # as one modality's batch
     maps = torch.stack([m for m, _ in outs], dim=1)  # B, V, 1, R, R
     scores = torch.stack([s for _, s in outs], dim=1)  # B, V
     return maps.flatten(0, 1), scores.flatten(0, 1)

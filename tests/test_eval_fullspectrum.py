@@ -19,7 +19,9 @@ from torch.utils.data import DataLoader
 
 import dataset
 import utils
-from recipes.anomaly_map import cal_anomaly_maps, get_gaussian_kernel
+from engine.maps import collect_maps
+from engine.objects import ObjectScore, ObjectSpec, unpack_modalities
+from recipes.anomaly_map import AnomalyPipeline, cal_anomaly_maps, get_gaussian_kernel
 
 SIZE, ISIZE, R = 32, 28, 16
 
@@ -203,8 +205,24 @@ def test_rgbinfra_equals_the_plain_procedure(tmp_path, ratio):
     for key in got:
         assert all(type(v) is float for v in got[key])
         assert got[key] == pytest.approx(expected[key], abs=1e-9)
-    # the point cloud's label counts: object 2 of crack is anomalous by its point cloud only
-    assert not math.isnan(got["object_level"][0])
+    assert not any(math.isnan(v) for vals in got.values() for v in vals)
+
+
+def test_rgbinfra_object_label_counts_the_point_cloud(tmp_path):
+    """A sample anomalous by its point cloud alone is an anomalous object."""
+    mulsen_set(tmp_path)
+    csv = tmp_path / "capsule" / "RGB" / "GT" / "crack" / "data.csv"
+    rows = csv.read_text().splitlines()
+    csv.write_text("\n".join(rows[:2] + [rows[2].split(",")[0] + ",0,0,1"] + rows[3:]) + "\n")
+    ds = dataset.MulSenTestDataset("capsule", *dataset.get_data_transforms(SIZE, ISIZE), dataset_path=tmp_path)
+    assert (0, 0, 1) in ds.labels
+    model, loader = FakeModel(), DataLoader(ds, batch_size=2)
+    got = utils.evaluation_batch_rgbinfra(model, loader, "cpu", max_ratio=0.01, resize_mask=R)
+    assert got["object_level"] == pytest.approx(plain_rgbinfra(model, loader, 0.01, R)["object_level"], abs=1e-9)
+    objects = ObjectSpec(ObjectScore("sum"), unpack_modalities, forward="per_view")
+    maps = collect_maps(AnomalyPipeline(model, R, 0.01), loader, "cpu", R, objects=objects)
+    assert maps.object_labels.tolist() == [any(labels) for labels in ds.labels]
+    assert maps.labels.reshape(-1, 2).tolist() == [[bool(a), bool(b)] for a, b, _ in ds.labels]
 
 
 def test_rgbinfra_class_without_infrared_defects_is_nan_there(tmp_path):
