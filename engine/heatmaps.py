@@ -410,10 +410,15 @@ def save_class_heatmaps(out_dir: str | os.PathLike, class_name: str, img_paths: 
         list(pool.map(one, range(n)))  # list(): re-raises the first worker error here
     _remove_stale(paths)
 
-    class_dir = Path(out_dir) / "maps" / class_name
+    _write_histograms(Path(out_dir) / "maps" / class_name, class_name, scores, labels, objects)
+    return paths
+
+
+def _write_histograms(class_dir: Path, class_name: str, scores: np.ndarray, labels: np.ndarray,
+                      objects=None) -> None:
+    """The class's image scores' histogram (and, for objects, the object scores')."""
     write_png_atomic(class_dir / HISTOGRAM_NAME,
                      render_histogram(scores, labels, f"{class_name}: image scores"))
     if objects is not None:
         write_png_atomic(class_dir / OBJECTS_HISTOGRAM_NAME,
                          render_histogram(objects.scores, objects.labels, f"{class_name}: object scores"))
-    return paths
