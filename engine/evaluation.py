@@ -35,7 +35,7 @@ from engine.eval_spec import (IMAGE_AND_PIXEL_METRICS, MULTIVIEW_METRICS, OBJECT
 from engine.maps import EvalMaps, test_set_maps
 from engine.metrics import pixel_metrics_and_threshold
 from engine.object_metrics import spec_class_metrics
-from engine.objects import object_name
+from engine.objects import object_name, shared_file_views, shared_name_views
 from engine.thresholds import PooledThresholds, Thresholds, f1_max_or_none, map_scale
 
 CASES_PER_KIND = 4  # worst false negatives and false positives kept per class
@@ -72,7 +72,8 @@ class Case:
     score: float
     amap: np.ndarray | None  # None once drawn (`report_material.draw_class_cases`)
     mask: np.ndarray | None
-    view: int | None = None  # the part of its file it is (views side by side in one file)
+    view: int | None = None  # its view, where its name is shared (`objects.shared_name_views`)
+    part: int | None = None  # its part of a file of several views (`objects.shared_file_views`)
 
 
 def _worst(labels: np.ndarray, scores: np.ndarray, threshold: float | None,
@@ -87,10 +88,12 @@ def _worst(labels: np.ndarray, scores: np.ndarray, threshold: float | None,
 
 
 def _case(maps: EvalMaps, kind: str, rank: int, i: int) -> Case:
-    shared = maps.views is not None and maps.paths.count(maps.paths[i]) > 1
-    view = int(maps.views[i]) if shared else None  # its part of a file of several views
+    view, part = None, None
+    if maps.views is not None:  # named and shown as the heatmaps are
+        view = shared_name_views(maps.paths, maps.views)[i]
+        part = shared_file_views(maps.paths, maps.views)[i]
     return Case(kind, rank, maps.paths[i], float(maps.scores[i]), maps.maps[i].copy(),
-                maps.masks[i].copy(), view)
+                maps.masks[i].copy(), view, part)
 
 
 def worst_cases(maps: EvalMaps, threshold: float | None, per_kind: int = CASES_PER_KIND) -> list[Case]:

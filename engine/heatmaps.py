@@ -6,8 +6,9 @@ For one class, ``save_class_heatmaps`` writes::
     <out_dir>/maps/<class>/_histogram.png                      image scores, normal vs anomalous
     <out_dir>/maps/<class>/_objects_histogram.png              object scores (test sets of objects)
 
-An image that is one of several views stored side by side in one file is named
-``<stem>_view<k>_score<…>.png`` and shown by its part of the file.
+An image of an object whose name (folder and stem) another image of the class shares (views
+side by side in one file, modalities in parallel folders) is named
+``<stem>_view<k>_score<…>.png``; a view of a shared file is shown by its part of the file.
 
 A heatmap picture is, top to bottom: a header line (class/defect/file, score,
 label); two panels of the map's size ``H × W`` side by side,
@@ -35,7 +36,7 @@ from PIL import Image, ImageDraw, ImageFont
 from dataset import load_rgb
 from dataset.views import load_view_part
 from engine.fileio import atomic_write_bytes
-from engine.objects import shared_file_views
+from engine.objects import shared_file_views, shared_name_views
 
 __all__ = [
     "save_class_heatmaps", "class_scale", "format_scale", "format_number", "colorize",
@@ -394,15 +395,15 @@ def save_class_heatmaps(out_dir: str | os.PathLike, class_name: str, img_paths: 
 
     lo, hi = class_scale(maps, vmin, vmax)  # once per class, not per image
     h, w = maps.shape[1:]
-    parts = shared_file_views(img_paths, views)
-    paths = [heatmap_path(out_dir, class_name, p, s, v) for p, s, v in zip(img_paths, scores, parts)]
+    parts, named = shared_file_views(img_paths, views), shared_name_views(img_paths, views)
+    paths = [heatmap_path(out_dir, class_name, p, s, v) for p, s, v in zip(img_paths, scores, named)]
     for folder in sorted({p.parent for p in paths}):
         folder.mkdir(parents=True, exist_ok=True)
 
     def one(i: int) -> None:
         image = load_view(img_paths[i], image_size, crop_size, (h, w), parts[i])
         title = f"{class_name}/{paths[i].parent.name}/{Path(img_paths[i]).stem}"
-        title += "" if parts[i] is None else f" view {parts[i]}"
+        title += "" if named[i] is None else f" view {named[i]}"
         title += "  (anomalous)" if labels[i] else "  (good)"
         write_png_atomic(paths[i], render_heatmap(image, maps[i], masks[i], scores[i], lo, hi, title))
 

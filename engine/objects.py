@@ -24,6 +24,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import PurePath
 from typing import NamedTuple
 
 import torch
@@ -153,9 +154,19 @@ def object_name(paths: Sequence[str]) -> str:
 
 def shared_file_views(paths: Sequence[str], views: Sequence[int] | None) -> list[int | None]:
     """Per image, its view index where its file also holds other images of the set (an
-    object's views side by side in one file: each is shown and named by its part), else
-    None (a file of its own)."""
+    object's views side by side in one file: each is shown by its part), else None."""
     if views is None:
         return [None] * len(paths)
     counts = Counter(paths)
     return [int(v) if counts[p] > 1 else None for p, v in zip(paths, views)]
+
+
+def shared_name_views(paths: Sequence[str], views: Sequence[int] | None) -> list[int | None]:
+    """Per image, its view index where another image of the set has the same folder name and
+    stem (views of one file; modalities in parallel trees, `RGB/test/crack/2.png` and
+    `Infrared/test/crack/2.png`): its heatmap is named with the view, else None."""
+    if views is None:
+        return [None] * len(paths)
+    keys = [(PurePath(p).parent.name, PurePath(p).stem) for p in paths]
+    counts = Counter(keys)
+    return [int(v) if counts[k] > 1 else None for k, v in zip(keys, views)]

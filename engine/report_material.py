@@ -42,7 +42,7 @@ def _draw_case(run_dir: Path, folder: Path, material: ClassResult, case: Case,
     """One worst image's heatmap (or the link to --save_maps's) and thumbnail."""
     name, (low, high) = material.name, material.thresholds.scale
     h, w = case.amap.shape
-    image = load_view(case.path, image_size, crop_size, (h, w), case.view)
+    image = load_view(case.path, image_size, crop_size, (h, w), case.part)
     source = Path(case.path)
     part = "" if case.view is None else f" view {case.view}"
     title = f"{name}/{source.parent.name}/{source.stem}{part}: {KINDS[case.kind]}"
@@ -65,7 +65,7 @@ def _draw_object(run_dir: Path, folder: Path, material: ClassResult, case: Objec
                  image_size: int, crop_size: int) -> dict[str, object]:
     """One worst object's picture (all its images) and thumbnail."""
     low, high = material.thresholds.scale
-    views = [ViewPicture(v.path, v.view, v.amap, v.mask, v.score) for v in case.views]
+    views = [ViewPicture(v.path, v.part, v.amap, v.mask, v.score) for v in case.views]
     source = Path(case.name)
     title = f"{material.name}/{source.parent.name}/{source.stem}: {KINDS[case.kind]}"
     picture = render_object(views, case.score, material.objects.threshold, low, high, title,
@@ -75,7 +75,7 @@ def _draw_object(run_dir: Path, folder: Path, material: ClassResult, case: Objec
     write_png_atomic(folder / f"{stem}_thumb.png",
                      thumbnail_strip(picture, views[0].amap.shape, len(views), THUMB_SIDE))
     return {"kind": case.kind, "rank": case.rank, "image": case.name, "score": case.score,
-            "views": [{"image": v.path, "view": v.view, "score": v.score} for v in case.views],
+            "views": [{"image": v.path, "part": v.part, "score": v.score} for v in case.views],
             "heatmap": (folder / f"{stem}.png").relative_to(run_dir).as_posix(),
             "thumbnail": (folder / f"{stem}_thumb.png").relative_to(run_dir).as_posix()}
 

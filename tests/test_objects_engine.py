@@ -293,3 +293,25 @@ def test_v1_thresholds_json_has_no_object_keys():
     t = class_metrics(single)[1]
     assert list(t.as_json()) == ["image", "image_f1", "pixel", "pixel_f1", "scale", "n_normal", "n_anomalous"]
     assert math.isfinite(t.as_json()["image"])
+
+
+def test_modalities_in_parallel_folders_get_a_heatmap_each(tmp_path):
+    """RGB/test/crack/2.png and Infrared/test/crack/2.png: two heatmaps, named by their view."""
+    m = synthetic_objects(6, n_objects=2, views=2, side=16)
+    paths = []
+    for k in range(2):
+        for modality in ("RGB", "Infrared"):
+            path = tmp_path / "capsule" / modality / "test" / "crack" / f"{k}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.full((20, 26), 40 * k, np.uint8)).save(path)
+            paths.append(str(path))
+    drawn = save_class_heatmaps(tmp_path / "run", "capsule", paths, m.maps, m.masks, m.scores, m.labels,
+                                32, 28, views=m.views)
+    assert [p.name.split("_score")[0] for p in drawn] == ["0_view0", "0_view1", "1_view0", "1_view1"]
+    assert all(p.is_file() for p in drawn)
+    m.paths = paths
+    m.object_scores = np.array([0.9, 0.1], np.float32)  # the normal object scored higher
+    objects = Evaluation(spec=EvalSpec(modality_metric_names(("RGB", "Infra")), ObjectSpec(ObjectScore("sum")),
+                                       modalities=("RGB", "Infra"))).add("capsule", m).objects
+    assert [(c.kind, [(v.view, v.part) for v in c.views]) for c in objects.cases] == \
+           [("fp", [(0, None), (1, None)])]  # named by view, each a file of its own
