@@ -87,21 +87,27 @@ def _worst(labels: np.ndarray, scores: np.ndarray, threshold: float | None,
             "fp": false_alarms[np.argsort(-scores[false_alarms], kind="stable")][:per_kind]}
 
 
-def _case(maps: EvalMaps, kind: str, rank: int, i: int) -> Case:
-    view, part = None, None
-    if maps.views is not None:  # named and shown as the heatmaps are
-        view = shared_name_views(maps.paths, maps.views)[i]
-        part = shared_file_views(maps.paths, maps.views)[i]
-    return Case(kind, rank, maps.paths[i], float(maps.scores[i]), maps.maps[i].copy(),
-                maps.masks[i].copy(), view, part)
+class _Cases:
+    """Cases of `maps`, named and shown as the heatmaps are (views of a shared name, parts of
+    a shared file)."""
+
+    def __init__(self, maps: EvalMaps) -> None:
+        self.maps = maps
+        self.views = shared_name_views(maps.paths, maps.views)
+        self.parts = shared_file_views(maps.paths, maps.views)
+
+    def __call__(self, kind: str, rank: int, i: int) -> Case:
+        m = self.maps
+        return Case(kind, rank, m.paths[i], float(m.scores[i]), m.maps[i].copy(), m.masks[i].copy(),
+                    self.views[i], self.parts[i])
 
 
 def worst_cases(maps: EvalMaps, threshold: float | None, per_kind: int = CASES_PER_KIND) -> list[Case]:
     """The anomalous images with the lowest scores `<= threshold` and the normal ones with
     the highest scores `> threshold`, at most `per_kind` each."""
-    return [_case(maps, kind, rank, int(i))
-            for kind, indices in _worst(maps.labels, maps.scores, threshold, per_kind).items()
-            for rank, i in enumerate(indices, 1)]
+    chosen = _worst(maps.labels, maps.scores, threshold, per_kind)
+    case = _Cases(maps) if chosen else None
+    return [case(kind, rank, int(i)) for kind, indices in chosen.items() for rank, i in enumerate(indices, 1)]
 
 
 @dataclass
@@ -130,9 +136,11 @@ def object_result(maps: EvalMaps, threshold: float | None,
     _, first = np.unique(maps.objects, return_index=True)
     names = [object_name([maps.paths[i]]) for i in first]
     cases = []
-    for kind, indices in _worst(maps.object_labels, maps.object_scores, threshold, per_kind).items():
+    chosen = _worst(maps.object_labels, maps.object_scores, threshold, per_kind)
+    case = _Cases(maps) if chosen else None
+    for kind, indices in chosen.items():
         for rank, j in enumerate(indices, 1):
-            views = [_case(maps, kind, rank, int(i)) for i in np.flatnonzero(maps.objects == j)]
+            views = [case(kind, rank, int(i)) for i in np.flatnonzero(maps.objects == j)]
             cases.append(ObjectCase(kind, rank, names[j], float(maps.object_scores[j]), views))
     return ObjectResult(maps.object_scores.copy(), maps.object_labels.copy(), names, threshold, cases)
 
