@@ -1,5 +1,7 @@
 """Training utilities of Dinomaly and Dinomaly2 (losses, optimizer groups, schedules,
-seeding), the reference's evaluation (`evaluation_batch`) and, re-exported under the
+seeding), the references' evaluations (`evaluation_batch`; Dinomaly2's multi-view and
+RGB + infrared ones, `evaluation_batch_multiview`, `evaluation_batch_rgbinfra`, built on the
+engine's maps and metrics) and, re-exported under the
 reference's names, the anomaly maps (from `recipes.anomaly_map`), the optimizer
 (`StableAdamW`, from `engine.stable_adamw`, where its flat-buffer step lives) and the metrics
 (from `engine.metrics`).
@@ -16,12 +18,15 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 from torch.utils.data import DataLoader
 
+from engine.eval_spec import MULTIVIEW_METRICS, EvalSpec, modality_metric_names
 from engine.evaluation import metrics_of
 from engine.generators import setup_seed  # noqa: F401
 from engine.maps import collect_maps
 from engine.metrics import compute_pro, f1_score_max  # noqa: F401
+from engine.objects import ObjectScore, ObjectSpec, unpack_modalities
 from engine.stable_adamw import StableAdamW  # noqa: F401
-from recipes.anomaly_map import AnomalyPipeline, cal_anomaly_maps, get_gaussian_kernel  # noqa: F401
+from recipes.anomaly_map import (AnomalyPipeline, cal_anomaly_maps, get_gaussian_kernel,  # noqa: F401
+                                 image_scores)
 
 
 # ---------------------------------------------------------------------------------- losses
@@ -194,3 +199,84 @@ def evaluation_batch(model: nn.Module, dataloader: DataLoader, device: torch.dev
     model.eval()
     pipeline = AnomalyPipeline(model, resize_mask, max_ratio)
     return metrics_of(collect_maps(pipeline, dataloader, device, resize_mask, gt_threshold))
+
+
+class ViewsPipeline(AnomalyPipeline):
+    """`AnomalyPipeline` for the multi-view evaluation: images `N×C×H×W` (or, with
+    `views_model`, objects `B×V×C×H×W` for a model that sees the whole object and returns
+    5-D features) -> maps `N×1×R×R` and scores `N`, N = B·V. A model that returns one tensor
+    instead of `(en, de)` gives the anomaly map itself (`N×1×H×W`, or 5-D), as the preview
+    takes it."""
+
+    def __init__(self, model: nn.Module, resolution: int | None = 256, max_ratio: float = 0.01,
+                 views_model: bool = False) -> None:
+        super().__init__(model, resolution, max_ratio)
+        self.views_model = views_model
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.model(x)
+        size = x.shape[-1]
+        if isinstance(out, torch.Tensor):
+            anomaly_map = out.reshape(-1, 1, *out.shape[-2:])
+        else:
+            en, de = ([t.reshape(-1, *t.shape[-3:]) for t in group] for group in out)  # 5-D: flattened
+            anomaly_map, _ = cal_anomaly_maps(en, de, size)
+        if self.resolution is not None:
+            anomaly_map = F.interpolate(anomaly_map, size=self.resolution, mode="bilinear",
+                                        align_corners=False)
+        anomaly_map = self.blur(anomaly_map)
+        return anomaly_map, image_scores(anomaly_map, self.max_ratio)
+
+
+def evaluation_batch_multiview(model: nn.Module, dataloader: DataLoader, device: torch.device | str,
+                               _class_: str | None = None, max_ratio_image: float = 0,
+                               max_ratio_object: float = 0,
+                               resize_mask: int | tuple[int, int] | None = None,
+                               multi_view_model: bool = False, use_max_view: bool = False,
+                               pixel_level_metrics: bool = True, adeval: bool = False) -> list[float]:
+    """The Dinomaly2 preview's evaluation of one multi-view test set (`(img B×V×3×H×W,
+    gt B×V×1×H×W, label B×V, paths)` batches): `[I-AUROC, I-AP, I-F1, P-AUROC, P-AP, P-F1,
+    P-AUPRO, O-AUROC, O-AP, O-F1]` as Python floats (nan where a metric is not defined).
+
+    Every view through the model (the B·V views of a batch in one pass; `multi_view_model`:
+    the 5-D batch), its map as `evaluation_batch`'s at `resize_mask`, blurred; a view's score
+    the mean of its top `max_ratio_image` share of pixels (0: the maximum); an object's score
+    the mean of the top `max_ratio_object` share of all its views' pixels together, or with
+    `use_max_view` its highest view score; an object is anomalous where any view is. Image
+    metrics over every view, object metrics over the objects; pixel metrics over every view:
+    exact, or with `adeval` ADEval's histogram metrics (`engine.hist_metrics`), or all 0
+    without `pixel_level_metrics`. `_class_` is unused. The multi-view script calls it with
+    `max_ratio_image=0.01, max_ratio_object=0.01, resize_mask=256, adeval=True`."""
+    model.eval()
+    score = ObjectScore("max_view") if use_max_view else ObjectScore("top_ratio", max_ratio_object)
+    objects = ObjectSpec(score, forward="objects" if multi_view_model else "views")
+    pixel = "none" if not pixel_level_metrics else "histogram" if adeval else "exact"
+    pipeline = ViewsPipeline(model, resize_mask, max_ratio_image, views_model=multi_view_model)
+    maps = collect_maps(pipeline, dataloader, device, resize_mask, objects=objects)
+    return metrics_of(maps, EvalSpec(MULTIVIEW_METRICS, objects, pixel))
+
+
+RGBINFRA_METRICS = modality_metric_names(("RGB", "Infra"))
+
+
+def evaluation_batch_rgbinfra(model: nn.Module, dataloader: DataLoader, device: torch.device | str,
+                              class_: str | None = None, max_ratio: float = 0,
+                              resize_mask: int | tuple[int, int] | None = None) -> dict[str, list[float]]:
+    """The Dinomaly2 preview's evaluation of one RGB + infrared test set
+    (`dataset.MulSenTestDataset`: `((rgb, ir), (l_rgb, l_ir, l_pc), (rgb_mask, ir_mask),
+    paths)` batches): `{'object_level': [auroc, ap, f1], 'pixel_rgb': [auroc, ap, f1, aupro],
+    'pixel_infra': [auroc, ap, f1, aupro]}` (Python floats, nan where a metric is not
+    defined: where the preview stops, e.g. a class whose infrared masks are all empty).
+
+    The model runs on the RGB images, then on the infrared ones; each map as
+    `evaluation_batch`'s at `resize_mask`, blurred; each image's score the mean of its top
+    `max_ratio` share of pixels (0: the maximum); a sample's score the RGB score plus the
+    infrared one, its label the highest of its three labels (the point cloud's included).
+    Object metrics over the samples, pixel metrics (exact) per modality. `class_` is unused;
+    the MulSen script calls it with `max_ratio=0.01, resize_mask=256`."""
+    model.eval()
+    objects = ObjectSpec(ObjectScore("sum"), unpack_modalities, forward="per_view")
+    maps = collect_maps(AnomalyPipeline(model, resize_mask, max_ratio), dataloader, device,
+                        resize_mask, objects=objects)
+    values = metrics_of(maps, EvalSpec(RGBINFRA_METRICS, objects, modalities=("RGB", "Infra")))
+    return {"object_level": values[:3], "pixel_rgb": values[3:7], "pixel_infra": values[7:11]}

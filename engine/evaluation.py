@@ -11,6 +11,12 @@ its pixels, AUPRO over its maps (`engine.metrics`: exact, fast); a metric that i
 defined for the test set is nan where the reference fails (the image metrics without a
 normal or without an anomalous image, the pixel metrics without an anomalous or without a
 normal mask pixel).
+
+A method whose test items are objects of several images, or whose pixel metrics are
+another kind, says so in its `EvalSpec` (`engine.eval_spec`, from `Recipe.eval_spec`): the
+maps are then collected object by object and the class's values come from
+`object_metrics.spec_class_metrics`; the objects' scores, threshold and worst objects join
+the class's result.
 """
 from __future__ import annotations
 
@@ -24,19 +30,25 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from engine import heatmaps
+from engine.eval_spec import (IMAGE_AND_PIXEL_METRICS, MULTIVIEW_METRICS, OBJECT_METRICS,  # noqa: F401
+                              EvalSpec, modality_metric_names)
 from engine.maps import EvalMaps, test_set_maps
 from engine.metrics import pixel_metrics_and_threshold
+from engine.object_metrics import spec_class_metrics
+from engine.objects import object_name, shared_file_views, shared_name_views
 from engine.thresholds import PooledThresholds, Thresholds, f1_max_or_none, map_scale
 
-IMAGE_AND_PIXEL_METRICS = ("I-AUROC", "I-AP", "I-F1", "P-AUROC", "P-AP", "P-F1", "P-AUPRO")
 CASES_PER_KIND = 4  # worst false negatives and false positives kept per class
+OBJECT_CASES_PER_KIND = 2  # worst objects of each kind (each drawn with all its images)
 
 
-def class_metrics(maps: EvalMaps) -> tuple[list[float], Thresholds]:
+def class_metrics(maps: EvalMaps, spec: EvalSpec | None = None) -> tuple[list[float], Thresholds]:
     """`[auroc_sp, ap_sp, f1_sp, auroc_px, ap_px, f1_px, aupro_px]` and the class's
     thresholds: the image metrics from one sort of the image scores, the pixel metrics and
     AUPRO from one pass over the maps (the F1-max thresholds are those of the reported I-F1
-    and P-F1)."""
+    and P-F1). Another `spec`: the values it names (`object_metrics.spec_class_metrics`)."""
+    if spec is not None and not spec.default:
+        return spec_class_metrics(maps, spec)
     auroc_sp, ap_sp, f1_sp, image, image_f1 = f1_max_or_none(maps.labels, maps.scores)
     auroc_px, ap_px, f1_px, aupro_px, pixel = pixel_metrics_and_threshold(maps.masks, maps.maps)
     pixel_f1 = None if pixel is None else f1_px
@@ -46,9 +58,9 @@ def class_metrics(maps: EvalMaps) -> tuple[list[float], Thresholds]:
     return [auroc_sp, ap_sp, f1_sp, auroc_px, ap_px, f1_px, aupro_px], thresholds
 
 
-def metrics_of(maps: EvalMaps) -> list[float]:
-    """The seven metrics of `class_metrics`."""
-    return class_metrics(maps)[0]
+def metrics_of(maps: EvalMaps, spec: EvalSpec | None = None) -> list[float]:
+    """The values of `class_metrics`."""
+    return class_metrics(maps, spec)[0]
 
 
 @dataclass
@@ -58,21 +70,79 @@ class Case:
     rank: int  # 1 = the worst of its kind
     path: str
     score: float
-    amap: np.ndarray
-    mask: np.ndarray
+    amap: np.ndarray | None  # None once drawn (`report_material.draw_class_cases`)
+    mask: np.ndarray | None
+    view: int | None = None  # its view, where its name is shared (`objects.shared_name_views`)
+    part: int | None = None  # its part of a file of several views (`objects.shared_file_views`)
+
+
+def _worst(labels: np.ndarray, scores: np.ndarray, threshold: float | None,
+           per_kind: int) -> dict[str, np.ndarray]:
+    """Indices of the worst false negatives (lowest first) and false positives (highest first)."""
+    if threshold is None:
+        return {}
+    missed = np.flatnonzero(labels & (scores <= threshold))
+    false_alarms = np.flatnonzero(~labels & (scores > threshold))
+    return {"fn": missed[np.argsort(scores[missed], kind="stable")][:per_kind],
+            "fp": false_alarms[np.argsort(-scores[false_alarms], kind="stable")][:per_kind]}
+
+
+class _Cases:
+    """Cases of `maps`, named and shown as the heatmaps are (views of a shared name, parts of
+    a shared file)."""
+
+    def __init__(self, maps: EvalMaps) -> None:
+        self.maps = maps
+        self.views = shared_name_views(maps.paths, maps.views)
+        self.parts = shared_file_views(maps.paths, maps.views)
+
+    def __call__(self, kind: str, rank: int, i: int) -> Case:
+        m = self.maps
+        return Case(kind, rank, m.paths[i], float(m.scores[i]), m.maps[i].copy(), m.masks[i].copy(),
+                    self.views[i], self.parts[i])
 
 
 def worst_cases(maps: EvalMaps, threshold: float | None, per_kind: int = CASES_PER_KIND) -> list[Case]:
     """The anomalous images with the lowest scores `<= threshold` and the normal ones with
     the highest scores `> threshold`, at most `per_kind` each."""
-    if threshold is None:
-        return []
-    missed = np.flatnonzero(maps.labels & (maps.scores <= threshold))
-    false_alarms = np.flatnonzero(~maps.labels & (maps.scores > threshold))
-    chosen = {"fn": missed[np.argsort(maps.scores[missed], kind="stable")][:per_kind],
-              "fp": false_alarms[np.argsort(-maps.scores[false_alarms], kind="stable")][:per_kind]}
-    return [Case(kind, rank, maps.paths[i], float(maps.scores[i]), maps.maps[i].copy(), maps.masks[i].copy())
-            for kind, indices in chosen.items() for rank, i in enumerate(indices, 1)]
+    chosen = _worst(maps.labels, maps.scores, threshold, per_kind)
+    case = _Cases(maps) if chosen else None
+    return [case(kind, rank, int(i)) for kind, indices in chosen.items() for rank, i in enumerate(indices, 1)]
+
+
+@dataclass
+class ObjectCase:
+    """One object the F1-max object threshold gets wrong, with every image of it."""
+    kind: str
+    rank: int
+    name: str
+    score: float
+    views: list[Case]
+
+
+@dataclass
+class ObjectResult:
+    """A class's objects: their scores, labels and names, the threshold and the worst ones."""
+    scores: np.ndarray  # M
+    labels: np.ndarray  # M bool
+    names: list[str]
+    threshold: float | None
+    cases: list[ObjectCase]
+
+
+def object_result(maps: EvalMaps, threshold: float | None,
+                  per_kind: int = OBJECT_CASES_PER_KIND) -> ObjectResult:
+    """The objects of `maps` and the worst of them at `threshold`."""
+    _, first = np.unique(maps.objects, return_index=True)
+    names = [object_name([maps.paths[i]]) for i in first]
+    cases = []
+    chosen = _worst(maps.object_labels, maps.object_scores, threshold, per_kind)
+    case = _Cases(maps) if chosen else None
+    for kind, indices in chosen.items():
+        for rank, j in enumerate(indices, 1):
+            views = [case(kind, rank, int(i)) for i in np.flatnonzero(maps.objects == j)]
+            cases.append(ObjectCase(kind, rank, names[j], float(maps.object_scores[j]), views))
+    return ObjectResult(maps.object_scores.copy(), maps.object_labels.copy(), names, threshold, cases)
 
 
 @dataclass
@@ -88,6 +158,8 @@ class ClassResult:
     paths: list[str]
     cases: list[Case]
     heatmaps_dir: Path | None = None
+    objects: ObjectResult | None = None
+    drawn: dict[str, list] | None = None  # the cases' pictures, once drawn (report_material)
 
 
 @dataclass
@@ -96,16 +168,19 @@ class Evaluation:
     thresholds pooled over them (`pooled`, None for a one-class model)."""
     classes: dict[str, ClassResult] = field(default_factory=dict)
     pooled: PooledThresholds | None = None
+    spec: EvalSpec = field(default_factory=EvalSpec)
 
     def add(self, name: str, maps: EvalMaps, heatmaps_dir: Path | None = None) -> ClassResult:
         """The class's metrics, thresholds and worst cases, from its maps."""
-        values, thresholds = class_metrics(maps)
+        values, thresholds = class_metrics(maps, self.spec)
         result = ClassResult(name, [float(v) for v in values], thresholds, maps.scores.copy(),
                              maps.labels.copy(), list(maps.paths),
                              worst_cases(maps, thresholds.image), heatmaps_dir)
+        if thresholds.objects is not None:
+            result.objects = object_result(maps, thresholds.objects.threshold)
         self.classes[name] = result
         if self.pooled is not None:
-            self.pooled.add(maps)
+            self.pooled.add(maps, images=self.spec.image_level, pixels=self.spec.image_level)
         return result
 
     def merge(self, other: Evaluation) -> None:
@@ -128,25 +203,32 @@ class EvalSettings:
     image_size: int  # the input geometry, for the heatmaps' pictures
     crop_size: int
     pooled: bool  # one model for several classes: pool their thresholds
+    spec: EvalSpec = field(default_factory=EvalSpec)  # the method's (`Recipe.eval_spec`)
 
 
 def evaluate(make_pipeline: Callable[[], nn.Module], test_sets: dict[str, Dataset],
-             settings: EvalSettings, device: torch.device,
-             maps_dir: Path | None = None) -> Evaluation:
+             settings: EvalSettings, device: torch.device, maps_dir: Path | None = None,
+             on_class: Callable[[ClassResult], None] | None = None) -> Evaluation:
     """Every class of `test_sets`, one fresh DataLoader and pipeline per class as the
     reference does (their random draws included). Under torchrun every rank calls it and
     computes the maps of its share; rank 0 gathers them and computes the results (the other
     ranks return an evaluation without classes). `maps_dir`: also draw every test image's
-    heatmap and the class's score histogram into `maps_dir/maps/<class>/`."""
-    evaluation = Evaluation(pooled=PooledThresholds() if settings.pooled else None)
+    heatmap and the class's score histogram into `maps_dir/maps/<class>/`. `on_class`:
+    called with each class's result as soon as it is computed (the report draws its worst
+    cases then, so that no class's maps wait for the others)."""
+    spec = settings.spec
+    evaluation = Evaluation(pooled=PooledThresholds() if settings.pooled else None, spec=spec)
     for name, test_set in test_sets.items():
         maps = test_set_maps(make_pipeline, test_set, settings.batch_size, settings.num_workers,
-                             device, settings.resolution, settings.gt_threshold)
+                             device, settings.resolution, settings.gt_threshold, spec.objects)
         if maps is None:  # ranks other than 0: their part is done
             continue
-        evaluation.add(name, maps, maps_dir)
+        result = evaluation.add(name, maps, maps_dir)
         if maps_dir is not None:
             heatmaps.save_class_heatmaps(maps_dir, name, maps.paths, maps.maps, maps.masks,
                                          maps.scores, maps.labels, settings.image_size,
-                                         settings.crop_size)
+                                         settings.crop_size, views=maps.views,
+                                         objects=result.objects)
+        if on_class is not None:
+            on_class(result)
     return evaluation

@@ -4,6 +4,11 @@ For one class, ``save_class_heatmaps`` writes::
 
     <out_dir>/maps/<class>/<defect>/<stem>_score<0.1234>.png   one per test image
     <out_dir>/maps/<class>/_histogram.png                      image scores, normal vs anomalous
+    <out_dir>/maps/<class>/_objects_histogram.png              object scores (test sets of objects)
+
+An image of an object whose name (folder and stem) another image of the class shares (views
+side by side in one file, modalities in parallel folders) is named
+``<stem>_view<k>_score<…>.png``; a view of a shared file is shown by its part of the file.
 
 A heatmap picture is, top to bottom: a header line (class/defect/file, score,
 label); two panels of the map's size ``H × W`` side by side,
@@ -29,12 +34,14 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from dataset import load_rgb
+from dataset.views import load_view_part
 from engine.fileio import atomic_write_bytes
+from engine.objects import shared_file_views, shared_name_views
 
 __all__ = [
     "save_class_heatmaps", "class_scale", "format_scale", "format_number", "colorize",
     "load_view", "render_heatmap", "render_decision", "render_histogram", "heatmap_path", "panel_origins",
-    "canvas_size", "write_png_atomic", "OUTLINE_BGR", "HISTOGRAM_NAME",
+    "canvas_size", "write_png_atomic", "OUTLINE_BGR", "HISTOGRAM_NAME", "OBJECTS_HISTOGRAM_NAME",
 ]
 
 # layout of a heatmap picture, in pixels
@@ -54,6 +61,7 @@ ALPHA = 0.5                     # weight of the colour map in the overlay
 COLORMAP = cv2.COLORMAP_JET
 
 HISTOGRAM_NAME = "_histogram.png"   # leading underscore: sorts before the defect folders
+OBJECTS_HISTOGRAM_NAME = "_objects_histogram.png"
 _SCORE_NAME = re.compile(r"^(?P<stem>.+)_score[^/]*\.png$")
 _WORKERS = min(4, os.cpu_count() or 1)  # PIL decoding and OpenCV drawing release the GIL
 
@@ -111,11 +119,13 @@ def colorize(amap: np.ndarray, vmin: float, vmax: float) -> np.ndarray:
 # ----------------------------------------------------------------------------- input image
 
 def load_view(path: str | os.PathLike, image_size: int, crop_size: int,
-              out_hw: tuple[int, int]) -> np.ndarray:
+              out_hw: tuple[int, int], view: int | None = None) -> np.ndarray:
     """The input as the model saw it, for display: open as RGB (``dataset.load_rgb``, the
-    training's reader), resize to ``image_size²`` (bilinear), centre-crop ``crop_size``
-    (torchvision's rounding), resize to ``out_hw = (H, W)`` (bilinear). Returns ``H × W × 3`` uint8 BGR."""
-    img = load_rgb(path).resize((image_size, image_size), Image.BILINEAR)
+    training's reader; ``view``: that view of a file of views side by side), resize to
+    ``image_size²`` (bilinear), centre-crop ``crop_size`` (torchvision's rounding), resize to
+    ``out_hw = (H, W)`` (bilinear). Returns ``H × W × 3`` uint8 BGR."""
+    img = load_rgb(path) if view is None else load_view_part(path, view)
+    img = img.resize((image_size, image_size), Image.BILINEAR)
     top = int(round((image_size - crop_size) / 2.0))
     img = img.crop((top, top, top + crop_size, top + crop_size))
     img = img.resize((out_hw[1], out_hw[0]), Image.BILINEAR)
@@ -312,11 +322,13 @@ def write_png_atomic(path: Path, image: np.ndarray) -> None:
 
 
 def heatmap_path(out_dir: str | os.PathLike, class_name: str, img_path: str | os.PathLike,
-                 score: float) -> Path:
+                 score: float, view: int | None = None) -> Path:
     """``<out_dir>/maps/<class>/<defect>/<stem>_score<score:.4f>.png``, where ``<defect>``
-    is the image's parent folder (MVTec ``<class>/test/<defect>/<file>``)."""
+    is the image's parent folder (MVTec ``<class>/test/<defect>/<file>``); ``view``: the
+    image is that view of its file, ``<stem>_view<view>_score…``."""
     img_path = Path(img_path)
-    return Path(out_dir) / "maps" / class_name / img_path.parent.name / f"{img_path.stem}_score{score:.4f}.png"
+    stem = img_path.stem if view is None else f"{img_path.stem}_view{view}"
+    return Path(out_dir) / "maps" / class_name / img_path.parent.name / f"{stem}_score{score:.4f}.png"
 
 
 def _remove_stale(paths: Sequence[Path]) -> None:
@@ -346,7 +358,8 @@ def _squeeze(array: np.ndarray, name: str, n: int) -> np.ndarray:
 def save_class_heatmaps(out_dir: str | os.PathLike, class_name: str, img_paths: Sequence[str],
                         maps: np.ndarray, masks: np.ndarray, scores: Sequence[float],
                         labels: Sequence[int], image_size: int, crop_size: int,
-                        vmin: float | None = None, vmax: float | None = None) -> list[Path]:
+                        vmin: float | None = None, vmax: float | None = None,
+                        views: Sequence[int] | None = None, objects=None) -> list[Path]:
     """Write one heatmap PNG per test image of a class and the class's score histogram.
 
     Args:
@@ -358,6 +371,9 @@ def save_class_heatmaps(out_dir: str | os.PathLike, class_name: str, img_paths: 
         image_size, crop_size: the test transform's resize and centre crop, to show
             the input as the model saw it.
         vmin, vmax: the class's colour scale; default min / max over all ``maps``.
+        views: ``N`` places of the images in their objects (a test set of objects): an
+            image whose file holds other images too is that view of it.
+        objects: the class's ``evaluation.ObjectResult``: its object scores' histogram too.
 
     Returns:
         The ``N`` heatmap paths, in input order (the histogram is
@@ -379,13 +395,15 @@ def save_class_heatmaps(out_dir: str | os.PathLike, class_name: str, img_paths: 
 
     lo, hi = class_scale(maps, vmin, vmax)  # once per class, not per image
     h, w = maps.shape[1:]
-    paths = [heatmap_path(out_dir, class_name, p, s) for p, s in zip(img_paths, scores)]
+    parts, named = shared_file_views(img_paths, views), shared_name_views(img_paths, views)
+    paths = [heatmap_path(out_dir, class_name, p, s, v) for p, s, v in zip(img_paths, scores, named)]
     for folder in sorted({p.parent for p in paths}):
         folder.mkdir(parents=True, exist_ok=True)
 
     def one(i: int) -> None:
-        image = load_view(img_paths[i], image_size, crop_size, (h, w))
+        image = load_view(img_paths[i], image_size, crop_size, (h, w), parts[i])
         title = f"{class_name}/{paths[i].parent.name}/{Path(img_paths[i]).stem}"
+        title += "" if named[i] is None else f" view {named[i]}"
         title += "  (anomalous)" if labels[i] else "  (good)"
         write_png_atomic(paths[i], render_heatmap(image, maps[i], masks[i], scores[i], lo, hi, title))
 
@@ -393,7 +411,15 @@ def save_class_heatmaps(out_dir: str | os.PathLike, class_name: str, img_paths: 
         list(pool.map(one, range(n)))  # list(): re-raises the first worker error here
     _remove_stale(paths)
 
-    class_dir = Path(out_dir) / "maps" / class_name
+    _write_histograms(Path(out_dir) / "maps" / class_name, class_name, scores, labels, objects)
+    return paths
+
+
+def _write_histograms(class_dir: Path, class_name: str, scores: np.ndarray, labels: np.ndarray,
+                      objects=None) -> None:
+    """The class's image scores' histogram (and, for objects, the object scores')."""
     write_png_atomic(class_dir / HISTOGRAM_NAME,
                      render_histogram(scores, labels, f"{class_name}: image scores"))
-    return paths
+    if objects is not None:
+        write_png_atomic(class_dir / OBJECTS_HISTOGRAM_NAME,
+                         render_histogram(objects.scores, objects.labels, f"{class_name}: object scores"))

@@ -233,7 +233,7 @@ class ModelTraining:
             # every rank computes the maps of its share of each test set; rank 0 gets them all
             maps_dir = self.run.report.run_dir if final and cfg.save_maps else None
             evaluation = evaluate(self.run.make_pipeline(self.model), self.test_sets,
-                                  self.run.evaluation, self.device, maps_dir)
+                                  self.run.evaluation, self.device, maps_dir, self.run.report.draw)
             if distributed.rank() == 0:
                 self.results = evaluation.metrics()
                 # the model first: results never report a model not on disk

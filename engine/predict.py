@@ -38,8 +38,12 @@ Pipeline = Callable[[torch.Tensor], tuple[np.ndarray, np.ndarray]]  # B×3×H×W
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = new_parser("Dinomaly on new images: anomaly scores, OK/NG decisions (predictions.csv) and heatmaps.")
     add_model_flags(p, checkpoint_required=False)
-    p.add_argument("--images", required=True, metavar="PATH",
+    p.add_argument("--images", metavar="PATH",
                    help="a folder (searched recursively), one image file, or a glob ('dir/*.png')")
+    p.add_argument("--objects", metavar="PATH",
+                   help="instead of --images, a decision per object made of several images: a "
+                        "folder of object folders, or a list file (name,image_1,…); see "
+                        "engine/predict_objects.py")
     p.add_argument("--out", required=True, metavar="DIR", help="predictions.csv (and maps/) go here")
     p.add_argument("--threshold", default="auto", metavar="auto|VALUE",
                    help="auto: the run's thresholds.json (default); or a number")
@@ -51,6 +55,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--onnx", metavar="MODEL.onnx", help="run the exported model with ONNX Runtime")
     p.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda when available, else cpu)")
     args = p.parse_args(argv)
+    if (args.images is None) == (args.objects is None):
+        p.error("pass --images PATH, or --objects PATH (one of the two)")
     if args.checkpoint is None and args.onnx is None:
         p.error("--checkpoint RUN_OR_MODEL is required (or --onnx MODEL.onnx)")
     if args.quantile is not None and args.calibrate is None:
@@ -188,6 +194,9 @@ def auto_threshold(model: Model, entry: dict[str, object] | None) -> float:
     if entry is None:
         raise dataset.DatasetError(f"--threshold auto: no thresholds in {model.origin}; pass "
                                    "--threshold VALUE, or --calibrate NORMAL_DIR (known-normal images)")
+    if entry.get("image") is None and entry.get("object") is not None:
+        raise dataset.DatasetError(f"--threshold auto: {model.origin} decides per object (its images "
+                                   "have no threshold of their own): pass --objects PATH")
     if entry.get("image") is None:
         raise dataset.DatasetError(f"--threshold auto: the F1-max threshold is not defined in "
                                    f"{model.origin} (its test set lacks normal or anomalous images); "
@@ -284,4 +293,8 @@ def write_predictions(path: Path, files: list[Path], scores: np.ndarray, thresho
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.objects is not None:
+        from engine.predict_objects import predict_objects  # per object: its own module
+        run_tool(lambda: predict_objects(args))
+        return
     run_tool(lambda: predict(args))

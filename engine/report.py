@@ -4,7 +4,9 @@ saved before: results never report a model that is not on disk):
 
 - the log: one line per class in the reference's format, `<class>: I-Auroc:0.xxxx, …`, and
   the `Mean` line (over the classes where a metric is defined, with a note naming those it
-  leaves out);
+  leaves out), both labelled by `RESULT_LABELS` (the Dinomaly2 preview's RGB + infrared
+  script labels its Mean line's RGB metrics `P-…` and drops the space before `Infra-AUROC`:
+  a slip of its print statement; the Mean line here is labelled as the class lines);
 - `thresholds.json` (per class and pooled thresholds, the settings predict.py needs) and
   `report/<class>/` (the worst cases' pictures, `report_material`);
 - `results.csv` (one row per class per evaluation, plus the Mean; floats exact), then
@@ -23,17 +25,19 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.evaluation import IMAGE_AND_PIXEL_METRICS, Evaluation
+from engine.evaluation import IMAGE_AND_PIXEL_METRICS, ClassResult, Evaluation
 from engine.fileio import atomic_write, atomic_write_text
-from engine.report_material import read_class_material, write_class_material
+from engine.report_material import draw_class_cases, read_class_material, write_class_material
 from engine.report_pages import UNDEFINED_HINT, render_report, results_markdown
 from engine.thresholds import THRESHOLDS_NAME, ThresholdsFile
 from recipes.base import Reference
 
-# the reference's result line: its label of each metric, in order
+# the reference's result line: its label of each metric, in order (the Dinomaly2 preview's
+# RGB + infrared line labels its modalities' pixel metrics with their names: RGB-AUROC, …)
 RESULT_LABELS = {"I-AUROC": "I-Auroc", "I-AP": "I-AP", "I-F1": "I-F1", "P-AUROC": "P-AUROC",
                  "P-AP": "P-AP", "P-F1": "P-F1", "P-AUPRO": "P-AUPRO", "O-AUROC": "O-Auroc",
-                 "O-AP": "O-AP", "O-F1": "O-F1"}
+                 "O-AP": "O-AP", "O-F1": "O-F1",
+                 **{f"{m}-{k}": f"{m}-{k}" for m in ("RGB", "Infra") for k in ("AUROC", "AP", "F1", "AUPRO")}}
 POOLED_GRID = ("the best of the bin edges of a 2^20-bin histogram of the float32 map values "
                "(relative spacing 2^-11); its F1 is exact")
 
@@ -81,6 +85,7 @@ class ReportSettings:
     crop_size: int
     checkpoint: Callable[[str | None], str]  # the model file a class's (None: pooled) thresholds are of
     metric_names: tuple[str, ...] = IMAGE_AND_PIXEL_METRICS
+    metrics_note: str = ""  # how the metrics were computed (`EvalSpec.note`), when not the default
 
 
 @dataclass
@@ -132,6 +137,12 @@ class Report:
         if self.run_dir is not None:
             self._thresholds_and_material(evaluation, iteration)
         self.save()
+
+    def draw(self, result: ClassResult) -> None:
+        """A class's worst cases drawn as soon as it is evaluated (`evaluation.evaluate`'s
+        `on_class`), their maps released; class.json follows with the results."""
+        if self.run_dir is not None:
+            draw_class_cases(self.run_dir, result, self.settings.image_size, self.settings.crop_size)
 
     def summary(self, results: Mapping[str, Sequence[float]], iteration: int | None) -> None:
         """The end of a class-separated run: every class's line again, then their Mean."""
@@ -185,7 +196,7 @@ class Report:
         atomic_write_text(self.run_dir / "report.html",
                           render_report(s.title, results, iteration, s.reference, thresholds,
                                         {n: self.material.get(n) for n in classes},
-                                        self.mean_note(results), s.metric_names))
+                                        self.mean_note(results), s.metric_names, s.metrics_note))
 
     def mean_note(self, results: Mapping[str, Sequence[float]]) -> str:
         """The classes a `Mean` row of `results` leaves out ('' without a Mean)."""
@@ -197,6 +208,7 @@ class Report:
         ref, s = self.settings.reference, self.settings
         note = self.mean_note(results)
         if ref is None:
-            return results_markdown(results, s.title, iteration, note=note, metric_names=s.metric_names)
+            return results_markdown(results, s.title, iteration, note=note, metric_names=s.metric_names,
+                                    metrics_note=s.metrics_note)
         return results_markdown(results, s.title, iteration, ref.means, ref.differences, note,
-                                ref.label, ref.note, s.metric_names)
+                                ref.label, ref.note, s.metric_names, s.metrics_note)

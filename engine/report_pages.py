@@ -8,7 +8,8 @@
   2. the thresholds of thresholds.json (per class, pooled), the decision `score > threshold`;
   3. per class: a histogram of the image scores (normal / anomalous, the threshold marked)
      and the worst false negatives and false positives at the F1-max threshold, thumbnails
-     linking to their heatmaps (`report/<class>/`, see `report_material`).
+     linking to their heatmaps (`report/<class>/`, see `report_material`); for a test set
+     of objects, the same for the object scores and the worst objects.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.evaluation import IMAGE_AND_PIXEL_METRICS
+from engine.objects import ObjectScore
 from engine.report_material import KINDS
 from engine.thresholds import DECISION
 from recipes.base import Reference
@@ -42,12 +44,14 @@ def results_markdown(results: Mapping[str, Sequence[float]], title: str,
                      paper: Sequence[float] | None = None,
                      differences: Sequence[str] = (), note: str = "",
                      paper_label: str = "paper (mean)", paper_note: str = "",
-                     metric_names: Sequence[str] = IMAGE_AND_PIXEL_METRICS) -> str:
+                     metric_names: Sequence[str] = IMAGE_AND_PIXEL_METRICS,
+                     metrics_note: str = "") -> str:
     """A Markdown page: heading, one table (rows = `results` in order, columns
     `metric_names`, values in [0, 1] shown as percent with 2 decimals, `nan` where a metric
     is not defined; a `Mean` entry is set in bold), the `note` of the mean (classes it
     leaves out), then, if `paper` is given, the published row (`paper_label`; percent, as
-    published), `paper_note` (whose numbers) and the settings in `differences`.
+    published), `paper_note` (whose numbers) and the settings in `differences`;
+    `metrics_note`: how the metrics were computed, under the table (when not the default).
     """
     where = "" if iteration is None else f" (iteration {iteration})"
     lines = [f"# {title}", "", f"Latest evaluation{where}, percent.", "",
@@ -62,6 +66,8 @@ def results_markdown(results: Mapping[str, Sequence[float]], title: str,
         lines.append(_row([paper_label, *(_published(v) for v in paper)]))  # as published
     if note or any(math.isnan(float(v)) for values in results.values() for v in values):
         lines += ["", (f"{note}. " if note else "") + UNDEFINED_HINT + "."]
+    if metrics_note:
+        lines += ["", metrics_note + "."]
     if paper is not None:
         lines += ["", paper_note] if paper_note else []
         if differences:
@@ -115,27 +121,49 @@ def _percent(value: object) -> str:
     return "—" if value is None else f"{100 * float(value):.2f}"
 
 
+STANDARD_KEYS = {"image", "image_f1", "pixel", "pixel_f1", "scale", "n_normal", "n_anomalous",
+                 "iteration", "checkpoint", "classes", "pixel_grid", "object", "object_f1",
+                 "n_normal_objects", "n_anomalous_objects"}
+
+
+def _other_thresholds(e: Mapping[str, object]) -> str:
+    """Thresholds beyond the standard ones (e.g. a pixel threshold per modality)."""
+    names = [k for k in e if k not in STANDARD_KEYS and not k.endswith("_f1")]
+    return "; ".join(f"{k} {_number(e[k])} (F1 {_percent(e.get(k + '_f1'))})" for k in names)
+
+
 def thresholds_table(data: Mapping[str, object]) -> str:
     entries = dict(data.get("classes", {}))
     if "pooled" in data:
         entries["pooled (all classes)"] = data["pooled"]
+    objects = any("object" in e for e in entries.values())
+    others = any(_other_thresholds(e) for e in entries.values())
     rows = []
     for name, e in entries.items():
         f1 = [_percent(e.get(k)) for k in ("image_f1", "pixel_f1")]
         scale = [_number(v) for v in e.get("scale") or [None, None]]
+        extra = ""
+        if objects:
+            extra += (f"<td class=\"num\">{_number(e.get('object'))}</td><td class=\"num\">"
+                      f"{_percent(e.get('object_f1'))}</td>")
+        if others:
+            extra += f"<td>{html.escape(_other_thresholds(e))}</td>"
         rows.append(f"<tr><td>{html.escape(name)}</td><td class=\"num\">{_number(e.get('image'))}</td>"
                     f"<td class=\"num\">{f1[0]}</td><td class=\"num\">{_number(e.get('pixel'))}</td>"
-                    f"<td class=\"num\">{f1[1]}</td><td class=\"num\">{scale[0]} to {scale[1]}</td>"
+                    f"<td class=\"num\">{f1[1]}</td>{extra}<td class=\"num\">{scale[0]} to {scale[1]}</td>"
                     f"<td class=\"num\">{e.get('n_normal')} / {e.get('n_anomalous')}</td>"
                     f"<td>{html.escape(str(e.get('checkpoint')))} (iteration {e.get('iteration')})</td></tr>")
+    head = ('<th class="num">object threshold</th><th class="num">O-F1 there</th>' if objects else "")
+    head += "<th>other thresholds</th>" if others else ""
     return ("<table class=\"thresholds\"><thead><tr><th>class</th><th class=\"num\">image threshold</th>"
             "<th class=\"num\">I-F1 there</th><th class=\"num\">pixel threshold</th>"
-            "<th class=\"num\">P-F1 there</th><th class=\"num\">heatmap scale</th>"
+            f"<th class=\"num\">P-F1 there</th>{head}<th class=\"num\">heatmap scale</th>"
             "<th class=\"num\">normal / anomalous</th><th>model</th></tr></thead>"
             f"<tbody>{''.join(rows)}</tbody></table>")
 
 
-def histogram_svg(scores: Sequence[float], labels: Sequence[bool], threshold: float | None) -> str:
+def histogram_svg(scores: Sequence[float], labels: Sequence[bool], threshold: float | None,
+                  unit: str = "image") -> str:
     """Inline SVG: image scores in `HIST_BINS` shared bins, normal blue, anomalous red, the
     threshold as a dashed line."""
     scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels, dtype=bool)
@@ -152,7 +180,7 @@ def histogram_svg(scores: Sequence[float], labels: Sequence[bool], threshold: fl
         return left + (v - low) / (high - low) * plot_w
 
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{HIST_W}" height="{HIST_H}" '
-             f'role="img" aria-label="histogram of image scores">']
+             f'role="img" aria-label="histogram of {unit} scores">']
     for count, colour in zip(counts, (BLUE, RED)):
         for i, c in enumerate(count):
             if c:
@@ -174,14 +202,14 @@ def histogram_svg(scores: Sequence[float], labels: Sequence[bool], threshold: fl
     n = [int((labels == k).sum()) for k in (False, True)]
     parts.append(f'<text x="{left}" y="12" font-size="11"><tspan fill="{BLUE}">■ normal ({n[0]})</tspan> '
                  f'<tspan fill="{RED}">■ anomalous ({n[1]})</tspan>  tallest bar: {top} '
-                 f'image{"s" if top > 1 else ""}</text></svg>')
+                 f'{unit}{"s" if top > 1 else ""}</text></svg>')
     return "".join(parts)
 
 
-def cases_html(cases: Sequence[Mapping[str, object]], kind: str) -> str:
+def cases_html(cases: Sequence[Mapping[str, object]], kind: str, unit: str = "image") -> str:
     chosen = [c for c in cases if c["kind"] == kind]
-    what = ("anomalous images scored at or below the threshold, lowest first" if kind == "fn" else
-            "normal images scored above the threshold, highest first")
+    what = (f"anomalous {unit}s scored at or below the threshold, lowest first" if kind == "fn" else
+            f"normal {unit}s scored above the threshold, highest first")
     figures = []
     for c in chosen:
         image = Path(str(c["image"]))
@@ -190,7 +218,8 @@ def cases_html(cases: Sequence[Mapping[str, object]], kind: str) -> str:
                        f'{html.escape(str(c["thumbnail"]))}" alt="{caption}"></a>'
                        f'<figcaption>{caption}<br>score {float(c["score"]):.4f}</figcaption></figure>')
     body = "".join(figures) or '<p class="note">none</p>'
-    return f'<h3>Worst {KINDS[kind]}s ({what})</h3><div class="cases">{body}</div>'
+    heading = f"Worst {KINDS[kind]}s" if unit == "image" else f"Worst {unit}s, {KINDS[kind]}s"
+    return f'<h3>{heading} ({what})</h3><div class="cases">{body}</div>'
 
 
 def class_section(name: str, material: Mapping[str, object] | None) -> str:
@@ -199,17 +228,26 @@ def class_section(name: str, material: Mapping[str, object] | None) -> str:
         return head + '<p class="note">no report material for this class</p></section>'
     threshold = material.get("threshold")
     where = "" if material.get("iteration") is None else f" (iteration {material['iteration']})"
-    return (head + f"<p>Image scores{where}; decision at the F1-max threshold "
-            f"{_number(threshold)}.</p>"
-            + histogram_svg(material["scores"], material["labels"], threshold)
-            + cases_html(material["cases"], "fn") + cases_html(material["cases"], "fp") + "</section>")
+    out = (head + f"<p>Image scores{where}; decision at the F1-max threshold "
+           f"{_number(threshold)}.</p>"
+           + histogram_svg(material["scores"], material["labels"], threshold)
+           + cases_html(material["cases"], "fn") + cases_html(material["cases"], "fp"))
+    objects = material.get("objects")
+    if objects is not None:  # a test set of objects: each decided on as a whole
+        out += (f"<p>Object scores{where}; decision at the F1-max threshold "
+                f"{_number(objects['threshold'])}.</p>"
+                + histogram_svg(objects["scores"], objects["labels"], objects["threshold"], "object")
+                + cases_html(objects["cases"], "fn", "object") + cases_html(objects["cases"], "fp", "object"))
+    return out + "</section>"
 
 
 def render_report(title: str, results: Mapping[str, Sequence[float]], iteration: int | None,
                   ref: Reference | None, thresholds: Mapping[str, object],
                   material: Mapping[str, Mapping | None], note: str = "",
-                  metric_names: Sequence[str] = IMAGE_AND_PIXEL_METRICS) -> str:
-    """The whole page (see the module docstring); `note`: the classes the Mean leaves out."""
+                  metric_names: Sequence[str] = IMAGE_AND_PIXEL_METRICS,
+                  metrics_note: str = "") -> str:
+    """The whole page (see the module docstring); `note`: the classes the Mean leaves out;
+    `metrics_note`: how the metrics were computed (when not the default)."""
     classes = {n: v for n, v in results.items() if n != "Mean"}
     undefined = note or any(math.isnan(float(v)) for vals in results.values() for v in vals)
     where = "" if iteration is None else f" (iteration {iteration})"
@@ -219,13 +257,18 @@ def render_report(title: str, results: Mapping[str, Sequence[float]], iteration:
              metrics_table(results, ref, metric_names)]
     if undefined:
         parts.append(f'<p class="note">{html.escape((note + ". ") if note else "")}{UNDEFINED_HINT}.</p>')
+    if metrics_note:
+        parts.append(f'<p class="note">{html.escape(metrics_note)}.</p>')
     if ref is not None:
         parts.append(f'<p class="note">{html.escape(ref.note)}'
                      + (" This run differs: " + html.escape("; ".join(ref.differences)) + "."
                         if ref.differences else "") + "</p>")
     if thresholds:
+        objects = (" " + ObjectScore.from_json(thresholds["object_score"]).note() + "."
+                   if "object_score" in thresholds else "")
         parts.append(f"<h2>Thresholds</h2><p>Decision: {html.escape(DECISION)} (thresholds.json, "
-                     f"used by predict.py). {html.escape(str(thresholds.get('score', '')))}.</p>"
+                     f"used by predict.py). {html.escape(str(thresholds.get('score', '')))}."
+                     f"{html.escape(objects)}</p>"
                      + thresholds_table(thresholds))
     parts += [class_section(name, material.get(name)) for name in classes]
     parts.append("</body></html>\n")

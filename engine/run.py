@@ -114,7 +114,7 @@ def run_in_folder(cfg: RunConfig, argv: Sequence[str], run_dir: Path, log: RunLo
     context = RunContext(cfg, recipe, torch.device(cfg.device), log, report, status,
                          EvalSettings(cfg.batch_size, cfg.num_workers, cfg.eval_resolution,
                                       cfg.gt_threshold, cfg.image_size, cfg.crop_size,
-                                      pooled=not cfg.separate))
+                                      pooled=not cfg.separate, spec=recipe.eval_spec(cfg)))
     final: dict[str, list[float]] = {}
     for i, job in enumerate(plan.jobs):
         if job.label is not None:  # one model of several: which
@@ -137,7 +137,8 @@ def evaluate_checkpoints(job: ModelJob, run: RunContext) -> dict[str, list[float
     with_encoder = all(checkpoint_has_encoder(p) for p in set(job.checkpoints.values()))
     model = run.recipe.build_model(cfg, run.device, "random" if with_encoder else None)
     _, test_sets = build_datasets(cfg, job.classes)
-    evaluation = Evaluation(pooled=PooledThresholds() if run.evaluation.pooled else None)
+    evaluation = Evaluation(pooled=PooledThresholds() if run.evaluation.pooled else None,
+                            spec=run.evaluation.spec)
     loaded = None
     for name, test_set in test_sets.items():
         if job.checkpoints[name] != loaded:
@@ -146,7 +147,7 @@ def evaluate_checkpoints(job: ModelJob, run: RunContext) -> dict[str, list[float
             run.log(f"checkpoint: {loaded}")
         maps_dir = run.report.run_dir if cfg.save_maps else None
         evaluation.merge(evaluate(run.make_pipeline(model), {name: test_set}, run.evaluation,
-                                  run.device, maps_dir))
+                                  run.device, maps_dir, run.report.draw))
     run.report.evaluation(evaluation, None, job.with_mean)
     run.status.started = True
     return evaluation.metrics()
@@ -162,8 +163,12 @@ def report_settings(cfg: RunConfig, recipe: Recipe) -> ReportSettings:
     header = {"encoder": cfg.encoder, "image_size": cfg.image_size, "crop_size": cfg.crop_size,
               "eval_resolution": cfg.eval_resolution, **recipe.score_settings(cfg),
               "score": recipe.score_note(cfg), "separate": cfg.separate}
+    evaluation = recipe.eval_spec(cfg)
+    if evaluation.objects is not None:  # how predict.py scores an object's images
+        header["object_score"] = evaluation.objects.score.as_json()
     return ReportSettings(title, recipe.reference(cfg, spec.classes), header, cfg.image_size,
-                          cfg.crop_size, lambda name: model_file(cfg, name), recipe.metrics)
+                          cfg.crop_size, lambda name: model_file(cfg, name), evaluation.metrics,
+                          evaluation.note())
 
 
 def resume_command(argv: Sequence[str]) -> str:

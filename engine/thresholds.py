@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -37,10 +37,25 @@ _PIXEL_CHUNK = 1 << 22  # pixels per histogram step (bounds the temporaries to ~
 
 
 @dataclass(frozen=True)
+class ObjectThresholds:
+    """The F1-max threshold of a class's object scores (None where not defined), and how
+    many normal and anomalous objects it was found on."""
+    threshold: float | None
+    f1: float | None
+    n_normal: int
+    n_anomalous: int
+
+    def as_json(self) -> dict[str, object]:
+        return {"object": self.threshold, "object_f1": self.f1,
+                "n_normal_objects": self.n_normal, "n_anomalous_objects": self.n_anomalous}
+
+
+@dataclass(frozen=True)
 class Thresholds:
     """The thresholds of one class (or pooled): None where not defined (a test set without
     normal or without anomalous images / pixels). `scale` is the heatmaps' colour scale
-    (min, max over all the maps)."""
+    (min, max over all the maps). A test set of objects adds the objects' threshold
+    (`objects`); `extra`: other named thresholds (e.g. a pixel threshold per modality)."""
     image: float | None
     image_f1: float | None
     pixel: float | None
@@ -48,10 +63,15 @@ class Thresholds:
     scale: tuple[float, float]
     n_normal: int
     n_anomalous: int
+    objects: ObjectThresholds | None = None
+    extra: tuple[tuple[str, float | None], ...] = ()
 
     def as_json(self) -> dict[str, object]:
-        out = asdict(self)
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("objects", "extra")}
         out["scale"] = list(self.scale)
+        if self.objects is not None:
+            out.update(self.objects.as_json())
+        out.update(self.extra)
         return out
 
 
@@ -87,19 +107,28 @@ def _key_value(key: int) -> float:
 
 class PooledThresholds:
     """Thresholds over every class of a multi-class model, accumulated class by class
-    (`add`), in bounded memory: the image scores, and a histogram of the pixels."""
+    (`add`), in bounded memory: the image scores, a histogram of the pixels and, for test
+    sets of objects, the object scores."""
 
     def __init__(self) -> None:
         self.scores: list[np.ndarray] = []
         self.labels: list[np.ndarray] = []
+        self.object_scores: list[np.ndarray] = []
+        self.object_labels: list[np.ndarray] = []
         self.pixel_counts = np.zeros((2, 1 << (32 - _BIN_SHIFT)), dtype=np.int64)  # normal, anomalous
         self.low, self.high = math.inf, -math.inf
 
-    def add(self, result: EvalMaps) -> None:
-        self.scores.append(result.scores.astype(np.float32))
-        self.labels.append(result.labels.astype(bool))
+    def add(self, result: EvalMaps, images: bool = True, pixels: bool = True) -> None:
+        """A class's maps; `images` / `pixels` False: its image scores / pixels do not
+        count (a method that decides per object, or per modality)."""
+        if images:
+            self.scores.append(result.scores.astype(np.float32))
+            self.labels.append(result.labels.astype(bool))
+        if result.object_scores is not None:
+            self.object_scores.append(result.object_scores.astype(np.float32))
+            self.object_labels.append(result.object_labels.astype(bool))
         maps, masks = result.maps.reshape(-1), result.masks.reshape(-1)
-        for start in range(0, maps.size, _PIXEL_CHUNK):
+        for start in range(0, maps.size if pixels else 0, _PIXEL_CHUNK):
             bins = _keys(maps[start:start + _PIXEL_CHUNK]) >> _BIN_SHIFT
             anomalous = masks[start:start + _PIXEL_CHUNK]
             for row, part in enumerate((bins[~anomalous], bins[anomalous])):
@@ -111,6 +140,8 @@ class PooledThresholds:
         """Take over the classes `other` has accumulated."""
         self.scores += other.scores
         self.labels += other.labels
+        self.object_scores += other.object_scores
+        self.object_labels += other.object_labels
         self.pixel_counts += other.pixel_counts
         self.low, self.high = min(self.low, other.low), max(self.high, other.high)
 
@@ -132,12 +163,27 @@ class PooledThresholds:
         return _key_value(max(edge - 1, 0)), float(f1[best])
 
     def result(self) -> Thresholds:
-        scores, labels = np.concatenate(self.scores), np.concatenate(self.labels)
+        scores = np.concatenate(self.scores) if self.scores else np.empty(0, np.float32)
+        labels = np.concatenate(self.labels) if self.labels else np.empty(0, bool)
         _, _, _, image, image_f1 = f1_max_or_none(labels, scores)
         pixel, pixel_f1 = self._pixel_threshold()
         n_anomalous = int(labels.sum())
+        objects = None
+        if self.object_scores:
+            objects = object_thresholds(np.concatenate(self.object_labels),
+                                        np.concatenate(self.object_scores))[1]
         return Thresholds(image, image_f1, pixel, pixel_f1, (self.low, self.high),
-                          len(labels) - n_anomalous, n_anomalous)
+                          len(labels) - n_anomalous, n_anomalous, objects)
+
+
+def object_thresholds(labels: np.ndarray, scores: np.ndarray
+                      ) -> tuple[tuple[float, float, float], ObjectThresholds]:
+    """(O-AUROC, O-AP, O-F1) and the F1-max threshold of objects' `scores` against their
+    `labels` (nan and None where one class only)."""
+    auroc, ap, f1, threshold, threshold_f1 = f1_max_or_none(labels, scores)
+    n_anomalous = int(labels.sum())
+    return (auroc, ap, f1), ObjectThresholds(threshold, threshold_f1, len(labels) - n_anomalous,
+                                             n_anomalous)
 
 
 # ----------------------------------------------------------------------------- calibration

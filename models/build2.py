@@ -1,7 +1,8 @@
-"""`build_dinomaly2`: Dinomaly2's model from an encoder name, built as the preview code's
-2D script builds it (its order of construction fixes every random draw).
+"""`build_dinomaly2` and `build_dinomaly2_rgbd`: Dinomaly2's models from an encoder name,
+built as the preview code's 2D and 3D scripts build them (their order of construction fixes
+every random draw).
 
-References: the Dinomaly2 preview code (`dinomaly_2D.py`: bottleneck, decoder, `--la`,
+References: the Dinomaly2 preview code (`dinomaly_2D.py`, `dinomaly_mvtec3d.py`: bottleneck, decoder, `--la`,
 `--lc`, `--cr`, `--dropout`).
 """
 import torch
@@ -10,6 +11,7 @@ from torch import nn
 from . import vit_encoder
 from .attention import Attention
 from .dinomaly2 import Dinomaly
+from .rgbd import DinomalyRGBD
 from .vision_transformer import Block
 
 # `--lc`: the fusion groups, indices into the 8 kept encoder layers and into the reversed
@@ -83,16 +85,50 @@ def build_dinomaly2(encoder_name: str, weights: str = "official", dropout: float
         attn_eps: the linear attention's denominator guard (1e-8 in every preview script).
     """
     groups = loose_group_list(loose_groups)
-    family, arch = vit_encoder.find_encoder(encoder_name)
-    encoder = vit_encoder.load(encoder_name, weights, fused_attn=fused_attn)
-    dim, heads = encoder.embed_dim, encoder.num_heads
-    bottleneck = dinomaly2_bottleneck(dim, dropout)
-    decoder = dinomaly2_decoder(dim, heads, linear_attention, attn_eps=attn_eps)
+    family, arch, encoder, bottleneck, decoder = _parts(encoder_name, weights, dropout,
+                                                        linear_attention, fused_attn, attn_eps)
     model = Dinomaly(encoder, bottleneck, decoder, target_layers=list(arch.target_layers),
                      fuse_layer_encoder=groups, fuse_layer_decoder=groups,
                      context_aware_recenter=recenter,
                      # what the preview code's README asks for DINOv3 (same tensors here)
                      use_get_intermediate=family.intermediate_layers)
+    return _placed(model, device)
+
+
+def build_dinomaly2_rgbd(encoder_name: str, weights: str = "official", dropout: float = 0.4,
+                         linear_attention: bool = True, loose_groups: int = 2,
+                         rgb_ratio: float = 0.5, add_class_token_weight: float = -1.0,
+                         norm_encoder_token: bool = True, *,
+                         device: str | torch.device | None = None,
+                         fused_attn: bool = True) -> DinomalyRGBD:
+    """Dinomaly2's RGB + depth model as the preview code's 3D script builds it: the same
+    construction and draws as `build_dinomaly2` (same rules for `weights`, `device`), the
+    model a `DinomalyRGBD` with the script's arguments (the `--lc` groups on both sides,
+    the targets `patches − cls` layer normalised, RGB and depth layers averaged 0.5 / 0.5).
+    The script has no `--cr` (its targets are always recentred)."""
+    groups = loose_group_list(loose_groups)
+    _, arch, encoder, bottleneck, decoder = _parts(encoder_name, weights, dropout,
+                                                   linear_attention, fused_attn)
+    model = DinomalyRGBD(encoder, bottleneck, decoder, target_layers=list(arch.target_layers),
+                         fuse_layer_encoder=groups, fuse_layer_decoder=groups,
+                         add_class_token_weight=add_class_token_weight,
+                         norm_encoder_token=norm_encoder_token, rgb_ratio=rgb_ratio)
+    return _placed(model, device)
+
+
+def _parts(encoder_name: str, weights: str, dropout: float, linear_attention: bool,
+           fused_attn: bool, attn_eps: float = 1e-8) -> tuple:
+    """(family, arch, encoder, bottleneck, decoder), built in the preview scripts' order."""
+    family, arch = vit_encoder.find_encoder(encoder_name)
+    encoder = vit_encoder.load(encoder_name, weights, fused_attn=fused_attn)
+    dim, heads = encoder.embed_dim, encoder.num_heads
+    bottleneck = dinomaly2_bottleneck(dim, dropout)
+    decoder = dinomaly2_decoder(dim, heads, linear_attention, attn_eps=attn_eps)
+    return family, arch, encoder, bottleneck, decoder
+
+
+def _placed(model: Dinomaly, device: str | torch.device | None) -> Dinomaly:
+    """`.to(device)`, then `init_weights()` (the draws from that device's generator)."""
     if device is not None:
         model = model.to(device)
     model.init_weights()

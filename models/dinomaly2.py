@@ -144,25 +144,42 @@ class Dinomaly(nn.Module):
             de_list.append(x)
         return de_list[::-1]
 
-    def forward(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        B, prefix = x.shape[0], self.num_prefix_tokens
-        en_list = self.encode(x)
-        n_h, n_w = self.patch_grid(x, en_list[0].shape[1])
-        kept = [e[:, prefix:] for e in en_list] if self.remove_class_token else en_list
+    def reconstruct(self, kept: list[torch.Tensor], n_h: int, n_w: int) -> list[torch.Tensor]:
+        """The decoder's outputs, last block first, from the kept encoder layers
+        `B × T × C`: the mean of the `fuse_layer_bottleneck` layers, detached, through the
+        bottleneck and the decoder (with the neighbour mask when `mask_neighbor_size > 0`)."""
         fused = self.fuse_feature([kept[i] for i in self.fuse_layer_bottleneck]).detach()
         mask = None
         if self.mask_neighbor_size > 0:
             if n_h != n_w:
                 raise ValueError(f"mask_neighbor_size needs a square input, got {n_h} × {n_w} "
                                  "patches")
-            mask = self.generate_mask(n_h, x.device)
-        de_list = self.decode(fused, mask)
-        en = [self.fuse_feature([en_list[i] for i in g]) for g in self.fuse_layer_encoder]
+            mask = self.generate_mask(n_h, fused.device)
+        return self.decode(fused, mask)
+
+    def decoder_groups(self, de_list: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The decoder's fusion groups `B × N × C` (the prefix cut unless `remove_class_token`
+        took it before the bottleneck)."""
         de = [self.fuse_feature([de_list[i] for i in g]) for g in self.fuse_layer_decoder]
-        if not self.remove_class_token:
-            de = [d[:, prefix:] for d in de]
-        en = [recenter(e, prefix) if self.context_aware_recenter else e[:, prefix:] for e in en]
-        # B × N × C -> B × C × h × w
-        en = [e.permute(0, 2, 1).reshape(B, -1, n_h, n_w).contiguous() for e in en]
-        de = [d.permute(0, 2, 1).reshape(B, -1, n_h, n_w).contiguous() for d in de]
-        return en, de
+        return de if self.remove_class_token else [d[:, self.num_prefix_tokens:] for d in de]
+
+    def encoder_target(self, group: torch.Tensor) -> torch.Tensor:
+        """One fused encoder group `B × (prefix + N) × C` -> its target `B × N × C`: recentred
+        (`context_aware_recenter`), else its patch tokens."""
+        prefix = self.num_prefix_tokens
+        return recenter(group, prefix) if self.context_aware_recenter else group[:, prefix:]
+
+    @staticmethod
+    def to_maps(tokens: list[torch.Tensor], n_h: int, n_w: int) -> list[torch.Tensor]:
+        """`B × N × C -> B × C × h × w` for every group."""
+        return [t.permute(0, 2, 1).reshape(t.shape[0], -1, n_h, n_w).contiguous() for t in tokens]
+
+    def forward(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        prefix = self.num_prefix_tokens
+        en_list = self.encode(x)
+        n_h, n_w = self.patch_grid(x, en_list[0].shape[1])
+        kept = [e[:, prefix:] for e in en_list] if self.remove_class_token else en_list
+        de = self.decoder_groups(self.reconstruct(kept, n_h, n_w))
+        en = [self.fuse_feature([en_list[i] for i in g]) for g in self.fuse_layer_encoder]
+        en = [self.encoder_target(e) for e in en]
+        return self.to_maps(en, n_h, n_w), self.to_maps(de, n_h, n_w)

@@ -3,18 +3,25 @@
 Any encoder of the `encoder_family.Encoder` protocol: the extra arguments its blocks take
 (DINOv3: the rotary position embedding) come from its `block_args`, once per input.
 """
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
 
-def encode_layers(encoder: nn.Module, x: torch.Tensor, target_layers: list[int]) -> list[torch.Tensor]:
+def encode_layers(encoder: nn.Module, x: torch.Tensor, target_layers: list[int],
+                  grad_layers: Sequence[int] = ()) -> list[torch.Tensor]:
     """Outputs `B × (1 + R + N) × C` of the blocks listed in `target_layers` (ascending), in
     that order, without gradient and without the final norm. `x`: `B × 3 × H × W`.
+    `grad_layers`: blocks that run in the caller's gradient mode instead (the preview code's
+    `encoder_require_grad_layer` of its RGB-D model; none in its scripts).
 
     Blocks past the last target never run: their outputs could not change the earlier ones,
     so this equals running every block and keeping the listed outputs (the preview code's
     `use_get_intermediate` path for DINOv3), with fewer blocks computed.
     """
+    if grad_layers:
+        return _encode_with_grad(encoder, x, target_layers, set(grad_layers))
     H, W = x.shape[-2:]
     with torch.no_grad():
         x = encoder.prepare_tokens(x)
@@ -24,6 +31,23 @@ def encode_layers(encoder: nn.Module, x: torch.Tensor, target_layers: list[int])
             x = blk(x, *args)
             if i in target_layers:
                 en_list.append(x)
+    return en_list
+
+
+def _encode_with_grad(encoder: nn.Module, x: torch.Tensor, target_layers: list[int],
+                      grad_layers: set[int]) -> list[torch.Tensor]:
+    """`encode_layers` with the blocks of `grad_layers` run in the caller's gradient mode."""
+    H, W = x.shape[-2:]
+    caller = torch.is_grad_enabled()
+    with torch.no_grad():
+        x = encoder.prepare_tokens(x)
+        args = encoder.block_args(H, W)
+    en_list = []
+    for i, blk in enumerate(encoder.blocks[: target_layers[-1] + 1]):
+        with torch.set_grad_enabled(caller and i in grad_layers):
+            x = blk(x, *args)
+        if i in target_layers:
+            en_list.append(x)
     return en_list
 
 

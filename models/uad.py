@@ -4,6 +4,7 @@ import torch
 from torch import nn
 
 from .dinomaly2 import Dinomaly  # noqa: F401  (Dinomaly2's model, here as in the preview code)
+from .rgbd import DinomalyRGBD  # noqa: F401  (and its RGB + depth model)
 from .encoder_family import Encoder
 from .encoder_pass import encode_layers, fuse_feature
 

@@ -13,7 +13,8 @@ method, the engine calls nothing else of it.
 
 The engine runs the loop: lr → forward (`model(images)`) → `loss(outputs, iteration)` →
 backward → clip `optimization.clip_params` to `max_grad_norm` → `optimizer.step()` →
-`scheduler.step()`; it evaluates with `pipeline` and computes `metrics`. See
+`scheduler.step()`; it evaluates with `pipeline` and computes `metrics` (as `eval_spec`
+says: images, or objects of several images). See
 docs/EXTENDING.md for a worked example.
 """
 from __future__ import annotations
@@ -29,7 +30,7 @@ from torch.optim.lr_scheduler import LRScheduler
 
 import dataset
 from engine.config import RunConfig
-from engine.evaluation import IMAGE_AND_PIXEL_METRICS  # noqa: F401  (what a recipe reports by default)
+from engine.evaluation import IMAGE_AND_PIXEL_METRICS, EvalSpec  # noqa: F401  (what a recipe reports by default)
 
 Loss = Callable[[object, int], torch.Tensor]  # (the model's outputs, iteration) -> scalar
 
@@ -101,6 +102,13 @@ class Recipe:
         transform, _ = dataset.get_data_transforms(cfg.image_size, cfg.crop_size)
         layout = dataset.dataset_spec(cfg.dataset).layout
         return layout.train_set(cfg.data_path, list(classes), transform, cache_images)
+
+    def eval_spec(self, cfg: RunConfig) -> EvalSpec:
+        """What the evaluation computes (`engine.eval_spec.EvalSpec`): by default `metrics`
+        over single images with exact pixel metrics; a method whose test items are objects
+        of several images (views, modalities), or whose pixel metrics are ADEval's
+        histogram ones, says so here."""
+        return EvalSpec(metrics=self.metrics)
 
     def score_settings(self, cfg: RunConfig) -> dict[str, object]:
         """The settings of the image score, recorded in thresholds.json (predict.py reads
