@@ -72,7 +72,10 @@ def set_metadata(model, metadata: dict[str, object]) -> None:
 
 def from_onnx(onnx_path: Path, metadata: dict[str, object]):
     """The OpenVINO model (`ov.Model`) of an exported ONNX file, `metadata` in its rt_info."""
-    model = openvino().convert_model(str(onnx_path))
+    try:
+        model = openvino().convert_model(str(onnx_path))
+    except Exception as err:  # OpenVINO's conversion errors run to pages
+        raise ExportError(f"OpenVINO cannot convert the exported model ({short_message(err)})") from None
     set_metadata(model, metadata)
     return model
 
@@ -85,7 +88,10 @@ def save_ir(model, out: Path, metadata: dict[str, object]) -> int:
     set_metadata(model, metadata)
     out.parent.mkdir(parents=True, exist_ok=True)  # --out's folder may not exist yet
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=".ir-") as tmp:
-        ov.save_model(model, str(Path(tmp) / "model.xml"), compress_to_fp16=False)
+        try:
+            ov.save_model(model, str(Path(tmp) / "model.xml"), compress_to_fp16=False)
+        except Exception as err:  # a full disk reads as OpenVINO's RuntimeError
+            raise ExportError(f"--out {out}: cannot write the OpenVINO model ({short_message(err)})") from None
         # OpenVINO finds the weights of X.xml in X.bin: the pair is renamed together
         for name, target in (("model.bin", out.with_suffix(".bin")), ("model.xml", out)):
             with open(Path(tmp) / name, "rb") as src:
