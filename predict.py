@@ -4,6 +4,8 @@
     python predict.py --checkpoint RUN --class bottle --images 'line3/*.png' --out out/ --save_maps
     python predict.py --checkpoint RUN --images new/ --out out/ --calibrate known_good/ --quantile 0.99
     python predict.py --onnx model.onnx --images new/ --out out/          # ONNX Runtime (export.py)
+    python predict.py --onnx model.onnx --runtime openvino --images new/ --out out/
+    python predict.py --openvino model.xml --images new/ --out out/       # OpenVINO, fp32 or int8
 
 Writes DIR/predictions.csv (image,score,threshold,anomalous[,class]); see --help and the README.
 """

@@ -9,6 +9,12 @@ upsampling, resize, Gaussian blur and the top-1 % mean score.
     output  anomaly_map  float32  batch × 1 × R × R          (R = the evaluation's 256)
     output  score        float32  batch
 
+The graph is one that OpenVINO, ONNX Runtime and TensorRT all take: ONNX opset 18 (GELU as
+Erf, LayerNormalization native), no Einsum (the decoder's linear attention is traced in its
+matmul form, `models.vision_transformer.linear_attention_matmul`), and every subgraph that
+depends on the weights alone (the encoder's resized position embeddings) folded into a
+constant, so no bicubic Resize is left to run.
+
 Exporter: torch's `torch.export`-based one (`torch.onnx.export(..., dynamo=True)`, the default
 since torch 2.9; it needs `onnxscript`), which runs offline; the legacy TorchScript exporter
 is deprecated there, and it cannot trace the encoder's position-embedding resize (its scale
@@ -36,14 +42,24 @@ from engine.fileio import atomic_write_bytes
 
 METADATA_KEY = "dinomaly"
 INPUT_NAME, OUTPUT_NAMES = "image", ("anomaly_map", "score")
+OPSET = 18  # TensorRT 10, OpenVINO and ONNX Runtime all read it
+FOLD_LIMIT = 2**26  # elements: fold weight-only subgraphs of any size (position embeddings)
 
 
 def export_onnx(pipeline: nn.Module, crop_size: int, out: Path, metadata: dict[str, object]) -> int:
     """Export `pipeline` (eval mode, on the CPU) for `crop_size` inputs to `out`, atomically,
     with `metadata` as JSON under `METADATA_KEY`. Returns the file's size in bytes."""
+    data = onnx_model(pipeline, crop_size, metadata).SerializeToString()
+    atomic_write_bytes(out, data)
+    return len(data)
+
+
+def onnx_model(pipeline: AnomalyPipeline, crop_size: int, metadata: dict[str, object]):
+    """`pipeline` as an `onnx.ModelProto` (see the module's docstring), `metadata` in it."""
     try:
         import onnx  # noqa: F401  (the exporter needs both; say so in one line if missing)
-        import onnxscript  # noqa: F401
+        import onnxscript
+        import onnxscript.optimizer
     except ImportError as err:
         raise ExportError(f"the ONNX export needs the packages onnx and onnxscript ({err}); "
                           "pip install -r requirements.txt") from None
@@ -54,15 +70,15 @@ def export_onnx(pipeline: nn.Module, crop_size: int, out: Path, metadata: dict[s
         try:
             program = torch.onnx.export(pipeline.eval(), (example,), dynamo=True, external_data=False,
                                         input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
-                                        dynamic_shapes={"x": {0: batch}}, optimize=True, verbose=False)
+                                        dynamic_shapes={"x": {0: batch}}, optimize=True, verbose=False,
+                                        opset_version=OPSET)
         except TypeError as err:  # older torch: no external_data / optimize arguments
             raise ExportError(f"the ONNX export needs torch >= 2.6 (this is {torch.__version__}): {err}") from None
-    model = program.model_proto
+        model = onnxscript.optimizer.optimize(program.model_proto, input_size_limit=FOLD_LIMIT,
+                                              output_size_limit=FOLD_LIMIT)
     entry = model.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, json.dumps(metadata)
-    data = model.SerializeToString()
-    atomic_write_bytes(out, data)
-    return len(data)
+    return model
 
 
 class OnnxPipeline:

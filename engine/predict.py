@@ -29,7 +29,8 @@ from engine.config import default_device
 from engine.fileio import atomic_write
 from engine.heatmaps import class_scale, load_view, render_decision, write_png_atomic
 from engine.model_source import inference_pipeline, resolve_source
-from engine.onnx_export import OnnxPipeline
+from engine.openvino_export import PRECISIONS
+from engine.runtimes import RUNTIMES, open_model
 from engine.tool_cli import add_model_flags, check_sizes, finite_float, new_parser, positive_int, run_tool
 
 Pipeline = Callable[[torch.Tensor], tuple[np.ndarray, np.ndarray]]  # B×3×H×W → (B×1×R×R, B)
@@ -52,13 +53,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--quantile", type=finite_float, help="with --calibrate, in (0, 1] (default 0.99)")
     p.add_argument("--save_maps", action="store_true", help="one heatmap PNG per image in DIR/maps/")
     p.add_argument("--batch_size", type=positive_int, default=8, help="images per forward pass (default 8)")
-    p.add_argument("--onnx", metavar="MODEL.onnx", help="run the exported model with ONNX Runtime")
+    p.add_argument("--onnx", metavar="MODEL.onnx", help="run the exported model with ONNX Runtime "
+                   "(or OpenVINO: --runtime openvino)")
+    p.add_argument("--openvino", metavar="MODEL.xml", help="run an OpenVINO model of export.py")
+    p.add_argument("--runtime", choices=RUNTIMES, help="which runtime runs --onnx (default onnxruntime)")
+    p.add_argument("--precision", choices=PRECISIONS,
+                   help="OpenVINO's compute precision: f32 (default) or bf16 (faster where the CPU has it)")
     p.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda when available, else cpu)")
     args = p.parse_args(argv)
     if (args.images is None) == (args.objects is None):
         p.error("pass --images PATH, or --objects PATH (one of the two)")
-    if args.checkpoint is None and args.onnx is None:
-        p.error("--checkpoint RUN_OR_MODEL is required (or --onnx MODEL.onnx)")
+    if args.checkpoint is None and args.onnx is None and args.openvino is None:
+        p.error("--checkpoint RUN_OR_MODEL is required (or --onnx MODEL.onnx, --openvino MODEL.xml)")
+    if args.onnx is not None and args.openvino is not None:
+        p.error("--onnx and --openvino: pass one exported model")
+    if args.onnx is None and args.openvino is None and (args.runtime or args.precision):
+        p.error(f"--{'runtime' if args.runtime else 'precision'} goes with an exported model "
+                "(--onnx MODEL.onnx or --openvino MODEL.xml)")
     if args.quantile is not None and args.calibrate is None:
         p.error("--quantile goes with --calibrate NORMAL_DIR")
     if args.quantile is not None and not 0 < args.quantile <= 1:
@@ -131,16 +142,17 @@ def load(args: argparse.Namespace, device: str) -> tuple[Callable[[], Pipeline],
     source = None
     if args.checkpoint is not None:
         source = resolve_source(args.checkpoint, args.class_name, args.encoder, args.image_size, args.crop_size)
-    if args.onnx is not None:
-        onnx = OnnxPipeline(args.onnx, device)
+    if args.onnx is not None or args.openvino is not None:
+        flag, path = ("--onnx", args.onnx) if args.onnx is not None else ("--openvino", args.openvino)
+        onnx = open_model(path, args.runtime, device, precision=args.precision, flag=flag)
         meta = onnx.metadata
         if source is not None and (source.encoder, source.crop_size) != (meta["encoder"], meta["crop_size"]):
-            raise checks.CheckError(f"--onnx {args.onnx} was exported for {meta['encoder']} at "
+            raise checks.CheckError(f"{flag} {path} was exported for {meta['encoder']} at "
                                     f"{meta['crop_size']} px, --checkpoint is {source.encoder} at {source.crop_size}")
         if meta.get("separate") and args.class_name not in (None, meta.get("class")):
-            raise checks.CheckError(f"--class {args.class_name}: {args.onnx} is the model of class "
+            raise checks.CheckError(f"--class {args.class_name}: {path} is the model of class "
                                     f"{meta.get('class')} (a class-separated run): export that class's model")
-        data, origin = meta.get("thresholds"), f"the thresholds stored in {args.onnx}"
+        data, origin = meta.get("thresholds"), f"the thresholds stored in {path}"
         if source is not None and source.thresholds_path is not None:
             data, origin = read_run_thresholds(source.thresholds_path)
         model = Model(int(meta["image_size"]), int(meta["crop_size"]), data, origin,

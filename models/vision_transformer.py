@@ -36,6 +36,10 @@ class LinearAttention2(HeadProjections):
     `eps` is added once to the scalar denominator (Dinomaly2's guard against an exact
     zero; its scripts use 1e-8). The default 0 is Dinomaly's: no addition at all, so the
     computation is the reference's operation for operation.
+
+    While `torch.export` traces it (the ONNX / OpenVINO export), the same function is taken
+    in matmul form (`linear_attention_matmul`): deployment runtimes do not all take the
+    einsums. Training and evaluation never see that branch.
     """
 
     def __init__(self, dim: int, num_heads: int = 8, qkv_bias: bool = False,
@@ -54,18 +58,44 @@ class LinearAttention2(HeadProjections):
             q = F.elu(q.float()) + 1.0
             k = F.elu(k.float()) + 1.0
             v = v.float()
-            kv = torch.einsum("...sd,...se->...de", k, v)  # B, heads, hd, hd: Σ_j k'_j v_jᵀ
-            denominator = torch.einsum("...sd,...d->...s", q, k.sum(dim=-2))  # B, heads, N
-            if self.eps:
-                denominator = denominator + self.eps
-            z = 1.0 / denominator
-            x = torch.einsum("...de,...sd,...s->...se", kv, q, z)  # B, heads, N, hd
+            if is_exporting():
+                x = linear_attention_matmul(q, k, v, self.eps)
+            else:
+                kv = torch.einsum("...sd,...se->...de", k, v)  # B, heads, hd, hd: Σ_j k'_j v_jᵀ
+                denominator = torch.einsum("...sd,...d->...s", q, k.sum(dim=-2))  # B, heads, N
+                if self.eps:
+                    denominator = denominator + self.eps
+                z = 1.0 / denominator
+                x = torch.einsum("...de,...sd,...s->...se", kv, q, z)  # B, heads, N, hd
         x = merge_heads(x)  # B, heads, N, hd -> B, N, C
         x = self.proj(x)
         return x
 
 
 LinearAttention = LinearAttention2  # the paper's name
+
+
+def is_exporting() -> bool:
+    """True while `torch.export` traces a model (the ONNX export); False in training and
+    evaluation, under `torch.compile` too."""
+    check = getattr(torch.compiler, "is_exporting", None)  # torch >= 2.5
+    return bool(check is not None and check())
+
+
+def linear_attention_matmul(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                            eps: float = 0.0) -> torch.Tensor:
+    """LinearAttention2's core written with matmuls, the form exported models carry:
+    `q', k', v` as `B × heads × N × hd` (after elu + 1) → `B × heads × N × hd`.
+
+    The same function as the einsum form up to float round-off (a test pins it): a different
+    order of the same sums. Exported models need it because deployment runtimes decompose
+    a three-operand einsum badly or not at all (OpenVINO's CPU plugin rejects the decoder's);
+    training keeps the einsum, operation for operation the reference's."""
+    kv = k.transpose(-2, -1) @ v  # B, heads, hd, hd
+    denominator = q @ k.sum(dim=-2).unsqueeze(-1)  # B, heads, N, 1
+    if eps:
+        denominator = denominator + eps
+    return (q @ kv) / denominator  # a Div: TensorRT's ONNX parser long lacked Reciprocal
 
 
 class Block(nn.Module):
