@@ -253,7 +253,8 @@ def evaluation_batch_multiview(model: nn.Module, dataloader: DataLoader, device:
     pixel = "none" if not pixel_level_metrics else "histogram" if adeval else "exact"
     pipeline = ViewsPipeline(model, resize_mask, max_ratio_image, views_model=multi_view_model)
     maps = collect_maps(pipeline, dataloader, device, resize_mask, objects=objects)
-    return metrics_of(maps, EvalSpec(MULTIVIEW_METRICS, objects, pixel))
+    # the exact AUPRO as the preview computes it under the numpy it pins
+    return metrics_of(maps, EvalSpec(MULTIVIEW_METRICS, objects, pixel, aupro_thresholds="numpy2"))
 
 
 RGBINFRA_METRICS = modality_metric_names(("RGB", "Infra"))
@@ -278,5 +279,6 @@ def evaluation_batch_rgbinfra(model: nn.Module, dataloader: DataLoader, device: 
     objects = ObjectSpec(ObjectScore("sum"), unpack_modalities, forward="per_view")
     maps = collect_maps(AnomalyPipeline(model, resize_mask, max_ratio), dataloader, device,
                         resize_mask, objects=objects)
-    values = metrics_of(maps, EvalSpec(RGBINFRA_METRICS, objects, modalities=("RGB", "Infra")))
+    values = metrics_of(maps, EvalSpec(RGBINFRA_METRICS, objects, modalities=("RGB", "Infra"),
+                                       aupro_thresholds="numpy2"))
     return {"object_level": values[:3], "pixel_rgb": values[3:7], "pixel_infra": values[7:11]}

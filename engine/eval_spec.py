@@ -45,8 +45,13 @@ class EvalSpec:
     objects: ObjectSpec | None = None
     pixel_metrics: str = "exact"
     modalities: tuple[str, ...] = ()
+    # exact AUPRO's thresholds: "numpy1", Dinomaly's (the numpy it ran on), or "numpy2", the
+    # Dinomaly2 preview's (`engine.metrics.rule_thresholds`); the last digits differ
+    aupro_thresholds: str = "numpy1"
 
     def __post_init__(self) -> None:
+        if self.aupro_thresholds not in ("numpy1", "numpy2"):
+            raise ValueError(f"AUPRO thresholds {self.aupro_thresholds!r}: numpy1 or numpy2")
         if self.pixel_metrics not in PIXEL_METRICS:
             raise ValueError(f"pixel metrics {self.pixel_metrics!r}: one of {', '.join(PIXEL_METRICS)}")
         if self.modalities and self.objects is None:

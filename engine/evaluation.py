@@ -50,7 +50,9 @@ def class_metrics(maps: EvalMaps, spec: EvalSpec | None = None) -> tuple[list[fl
     if spec is not None and not spec.default:
         return spec_class_metrics(maps, spec)
     auroc_sp, ap_sp, f1_sp, image, image_f1 = f1_max_or_none(maps.labels, maps.scores)
-    auroc_px, ap_px, f1_px, aupro_px, pixel = pixel_metrics_and_threshold(maps.masks, maps.maps)
+    rule = "numpy1" if spec is None else spec.aupro_thresholds
+    auroc_px, ap_px, f1_px, aupro_px, pixel = pixel_metrics_and_threshold(
+        maps.masks, maps.maps, threshold_rule=rule)
     pixel_f1 = None if pixel is None else f1_px
     n_anomalous = int(maps.labels.sum())
     thresholds = Thresholds(image, image_f1, pixel, pixel_f1, map_scale(maps.maps),

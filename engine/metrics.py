@@ -274,10 +274,38 @@ def thresholds_from_range(min_th, max_th, num_th: int) -> np.ndarray:
     return np.arange(min_th, max_th, delta)
 
 
-def _checked_maps(masks: np.ndarray, amaps: np.ndarray, num_th: int, finite: bool = False
-                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple]:
-    """(masks, maps, the thresholds in the maps' dtype, (the maps' min, max)); NaN in the
-    maps is refused, and infinity too when `finite`."""
+THRESHOLD_RULES = ("numpy1", "numpy2")  # how AUPRO's thresholds are computed and compared
+
+
+def rule_thresholds(low, high, num_th: int, dtype: np.dtype, rule: str = "numpy1") -> np.ndarray:
+    """AUPRO's thresholds, as values of the maps' dtype that `amap > th` compares with.
+
+    The reference's lines `delta = (max - min) / num_th; np.arange(min, max, delta)` and
+    `amap > th` compute differently with numpy's casting rules:
+    - "numpy1" (the numpy Dinomaly ran on): the step in float64, and each comparison with a
+      float32 map made in float32 (the threshold rounded to the nearest float32);
+    - "numpy2" (the numpy the Dinomaly2 preview code pins): the step in float32, a float64
+      grid, and each comparison made in float64 — for a float32 map the same partition as
+      comparing with the threshold rounded down to a float32.
+    """
+    if rule == "numpy1":
+        return thresholds_from_range(low, high, num_th).astype(dtype)
+    if rule != "numpy2":
+        raise ValueError(f"threshold rule {rule!r}: one of {', '.join(THRESHOLD_RULES)}")
+    if not high > low:
+        return np.empty(0, dtype=dtype)
+    kind = np.dtype(dtype).type
+    # the preview's own lines on the map's scalars: numpy >= 2 keeps the step in float32 and
+    # counts the grid's length in it, and returns the grid in float64
+    grid = np.arange(kind(low), kind(high), (kind(high) - kind(low)) / num_th).astype(np.float64)
+    rounded = grid.astype(dtype)
+    return np.where(rounded > grid, np.nextafter(rounded, kind(-np.inf)), rounded).astype(dtype)
+
+
+def _checked_maps(masks: np.ndarray, amaps: np.ndarray, num_th: int, finite: bool = False,
+                  rule: str = "numpy1") -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple]:
+    """(masks, maps, the thresholds in the maps' dtype (`rule_thresholds`), (the maps' min,
+    max)); NaN in the maps is refused, and infinity too when `finite`."""
     if not isinstance(num_th, int):
         raise TypeError("num_th must be an int")
     amaps = _as_float(amaps)
@@ -289,9 +317,7 @@ def _checked_maps(masks: np.ndarray, amaps: np.ndarray, num_th: int, finite: boo
         raise ValueError("amaps contain NaN")
     if finite and not (np.isfinite(low) and np.isfinite(high)):
         raise ValueError("amaps contain infinity")
-    # numpy < 1.24 compared the float32 map with the float64 threshold in float32
-    thresholds = thresholds_from_range(low, high, num_th).astype(amaps.dtype)
-    return masks, amaps, thresholds, (low, high)
+    return masks, amaps, rule_thresholds(low, high, num_th, amaps.dtype, rule), (low, high)
 
 
 def aupro_from_counts(fraction_sum: np.ndarray, n_regions: int, fp: np.ndarray, n_outside: int) -> float:
@@ -316,7 +342,8 @@ def _false_positives(n_pixels: int, at_most: np.ndarray, positives: np.ndarray,
     return (n_pixels - at_most) - positives_above
 
 
-def compute_pro(masks: np.ndarray, amaps: np.ndarray, num_th: int = 200) -> float:
+def compute_pro(masks: np.ndarray, amaps: np.ndarray, num_th: int = 200,
+                threshold_rule: str = "numpy1") -> float:
     """Area under the per-region-overlap curve up to FPR 0.3, as the reference.
 
     Args:
@@ -336,7 +363,7 @@ def compute_pro(masks: np.ndarray, amaps: np.ndarray, num_th: int = 200) -> floa
     both values occur), no pixel outside them, a constant map, fewer than two points
     with FPR < 0.3. Raises ValueError on NaN in the maps or on non-0/1 masks.
     """
-    masks, amaps, thresholds, (low, _) = _checked_maps(masks, amaps, num_th)
+    masks, amaps, thresholds, (low, _) = _checked_maps(masks, amaps, num_th, rule=threshold_rule)
     positives, fraction_sum, n_regions = region_overlaps(masks, amaps, thresholds)
     if thresholds.size < 2 or n_regions == 0 or positives.size == amaps.size:
         return math.nan
@@ -348,14 +375,16 @@ def compute_pro(masks: np.ndarray, amaps: np.ndarray, num_th: int = 200) -> floa
     return aupro_from_counts(fraction_sum, n_regions, fp, amaps.size - positives.size)
 
 
-def pixel_metrics_and_threshold(masks: np.ndarray, amaps: np.ndarray, num_th: int = 200
+def pixel_metrics_and_threshold(masks: np.ndarray, amaps: np.ndarray, num_th: int = 200,
+                                threshold_rule: str = "numpy1"
                                 ) -> tuple[float, float, float, float, float | None]:
     """(P-AUROC, P-AP, P-F1-max, AUPRO, F1-max threshold) of a test set's maps, in one pass
     over them: the values of `binary_metrics_and_threshold(masks.ravel(), amaps.ravel())`
     and of `compute_pro(masks, amaps, num_th)`, with nan (and no threshold) where a metric is
     not defined (the masks hold one class only; see `compute_pro` for AUPRO) instead of an
     error. Raises ValueError on NaN or infinity in the maps and on non-0/1 masks."""
-    masks, amaps, thresholds, (low, _) = _checked_maps(masks, amaps, num_th, finite=True)
+    masks, amaps, thresholds, (low, _) = _checked_maps(masks, amaps, num_th, finite=True,
+                                                       rule=threshold_rule)
     positives, fraction_sum, n_regions = region_overlaps(masks, amaps, thresholds)
     if positives.size in (0, amaps.size):
         return math.nan, math.nan, math.nan, math.nan, None
@@ -371,8 +400,8 @@ def pixel_metrics_and_threshold(masks: np.ndarray, amaps: np.ndarray, num_th: in
     return auroc, ap, f1, aupro, threshold
 
 
-def pixel_metrics(masks: np.ndarray, amaps: np.ndarray, num_th: int = 200
-                  ) -> tuple[float, float, float, float]:
+def pixel_metrics(masks: np.ndarray, amaps: np.ndarray, num_th: int = 200,
+                  threshold_rule: str = "numpy1") -> tuple[float, float, float, float]:
     """(P-AUROC, P-AP, P-F1-max, AUPRO) of a test set's maps, in one pass over them (see
     `pixel_metrics_and_threshold`)."""
-    return pixel_metrics_and_threshold(masks, amaps, num_th)[:4]
+    return pixel_metrics_and_threshold(masks, amaps, num_th, threshold_rule)[:4]

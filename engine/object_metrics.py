@@ -53,14 +53,15 @@ def histogram_pixel_metrics(masks: np.ndarray, maps: np.ndarray,
     return (*out, float(np.nextafter(edge, np.float32(-np.inf))), float(f1[best]))
 
 
-def pixel_values(masks: np.ndarray, maps: np.ndarray, how: str) -> PixelValues:
+def pixel_values(masks: np.ndarray, maps: np.ndarray, how: str,
+                 rule: str = "numpy1") -> PixelValues:
     """(P-AUROC, P-AP, P-F1, P-AUPRO, pixel threshold, its F1) of the maps, `how` as
-    `EvalSpec.pixel_metrics`."""
+    `EvalSpec.pixel_metrics`, exact AUPRO's thresholds by `rule` (`EvalSpec.aupro_thresholds`)."""
     if how == "none":
         return 0.0, 0.0, 0.0, 0.0, None, None
     if how == "histogram":
         return histogram_pixel_metrics(masks, maps)
-    auroc, ap, f1, aupro, threshold = pixel_metrics_and_threshold(masks, maps)
+    auroc, ap, f1, aupro, threshold = pixel_metrics_and_threshold(masks, maps, threshold_rule=rule)
     return auroc, ap, f1, aupro, threshold, None if threshold is None else f1
 
 
@@ -76,7 +77,8 @@ def spec_class_metrics(maps: EvalMaps, spec: EvalSpec) -> tuple[list[float], Thr
     if spec.modalities:
         return modality_class_metrics(maps, spec)
     auroc_sp, ap_sp, f1_sp, image, image_f1 = f1_max_or_none(maps.labels, maps.scores)
-    *pixel, pixel_threshold, pixel_f1 = pixel_values(maps.masks, maps.maps, spec.pixel_metrics)
+    *pixel, pixel_threshold, pixel_f1 = pixel_values(maps.masks, maps.maps, spec.pixel_metrics,
+                                                     spec.aupro_thresholds)
     values = [auroc_sp, ap_sp, f1_sp, *pixel]
     objects = None
     if spec.objects is not None:
@@ -96,7 +98,8 @@ def modality_class_metrics(maps: EvalMaps, spec: EvalSpec) -> tuple[list[float],
     extra = []
     for k, name in enumerate(spec.modalities):
         pick = maps.views == k
-        *pixel, threshold, f1 = pixel_values(maps.masks[pick], maps.maps[pick], spec.pixel_metrics)
+        *pixel, threshold, f1 = pixel_values(maps.masks[pick], maps.maps[pick],
+                                             spec.pixel_metrics, spec.aupro_thresholds)
         values += pixel
         extra += [(f"pixel_{name}", threshold), (f"pixel_{name}_f1", f1)]
     n_anomalous = int(maps.labels.sum())

@@ -32,6 +32,7 @@ from torch import nn
 import models
 import utils
 from engine.config import RunConfig, setting
+from engine.eval_spec import EvalSpec
 from recipes.anomaly_map import AnomalyPipeline
 from recipes.base import Optimization, Recipe, Reference, setting_differences
 from recipes.dinomaly import HardMiningCosineLoss
@@ -178,6 +179,11 @@ class Dinomaly2(Recipe):
 
     def score_settings(self, cfg: Config) -> dict[str, object]:
         return {"max_ratio": cfg.max_ratio}
+
+    def eval_spec(self, cfg: Config) -> EvalSpec:
+        """The seven metrics, AUPRO's thresholds as the preview computes them under the numpy
+        it pins (numpy 2: a float32 step, float64 comparisons; Dinomaly's are numpy 1's)."""
+        return EvalSpec(metrics=self.metrics, aupro_thresholds="numpy2")
 
     def score_note(self, cfg: Config) -> str:
         return (f"Image score: mean of the top {100 * cfg.max_ratio:g} % of the "

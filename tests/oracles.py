@@ -29,6 +29,25 @@ def reference_pro(masks, amaps, num_th=200):
     return auc(fpr[keep] / fpr[keep].max(), pro[keep])
 
 
+def preview_pro(masks, amaps, num_th=200):
+    """The Dinomaly2 preview's compute_pro as it runs under the numpy it pins (numpy 2): the
+    reference's lines as written, `(max - min) / num_th` and `amaps > th` left to numpy 2's
+    casting (a float32 step, a float64 grid, float64 comparisons)."""
+    min_th, max_th = amaps.min(), amaps.max()
+    delta = (max_th - min_th) / num_th
+    rows = []
+    for th in np.arange(min_th, max_th, delta):
+        binary = amaps > th
+        pros = [binary[i][region.coords[:, 0], region.coords[:, 1]].sum() / region.area
+                for i, mask in enumerate(masks) for region in measure.regionprops(measure.label(mask))]
+        inverse = 1 - masks.astype(np.int64)
+        fpr = np.logical_and(inverse, binary).sum() / inverse.sum()
+        rows.append((mean(pros), fpr))
+    pro, fpr = np.array(rows).T
+    keep = fpr < 0.3
+    return auc(fpr[keep] / fpr[keep].max(), pro[keep])
+
+
 def reference_f1_max(y_true, y_score):
     precs, recs, _ = precision_recall_curve(y_true, y_score)
     return (2 * precs * recs / (precs + recs + 1e-7))[:-1].max()

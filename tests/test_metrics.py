@@ -14,7 +14,7 @@ from sklearn.metrics import auc, average_precision_score, roc_auc_score
 from engine import metrics, pro_regions, rank_counts
 from engine.metrics import (average_precision, binary_metrics, compute_pro, f1_score_max, pixel_metrics,
                             pro_thresholds, roc_auc)
-from oracles import brute_force_f1_max, reference_f1_max, reference_pro
+from oracles import brute_force_f1_max, preview_pro, reference_f1_max, reference_pro
 
 
 # ----------------------------------------------------------------------------- synthetic data
@@ -103,6 +103,21 @@ def test_compute_pro_equals_the_plain_procedure(seed, levels, dtype):
     amaps[2] = amaps[2].mean()  # one constant map among the others
     expected = reference_pro(masks, amaps)
     assert compute_pro(masks.astype(dtype), amaps) == pytest.approx(expected, abs=1e-9)
+
+
+@pytest.mark.parametrize("case", ["synthetic", "on_threshold"])
+def test_compute_pro_numpy2_rule_equals_the_preview_procedure(case):
+    """The Dinomaly2 preview's AUPRO, run under numpy 2 (float32 step, float64 comparisons),
+    to float64 round-off; and the two rules do differ on maps at the thresholds."""
+    masks, amaps = synthetic_case(7, levels=0) if case == "synthetic" else on_threshold_case(3)
+    expected = preview_pro(masks, amaps)
+    assert compute_pro(masks, amaps, threshold_rule="numpy2") == pytest.approx(expected, abs=1e-12)
+    assert pixel_metrics(masks, amaps, threshold_rule="numpy2")[3] == pytest.approx(expected, abs=1e-12)
+    if case == "on_threshold":
+        assert compute_pro(masks, amaps) == pytest.approx(reference_pro(masks, amaps), abs=1e-12)
+        assert abs(compute_pro(masks, amaps) - expected) > 1e-9
+    with pytest.raises(ValueError, match="numpy1, numpy2"):
+        compute_pro(masks, amaps, threshold_rule="numpy3")
 
 
 def test_compute_pro_with_201_thresholds():
