@@ -84,6 +84,9 @@ class RunConfig:
     eval_every: int = setting(5_000, "evaluate and save every N iterations, and after the last")
     eval_resolution: int = setting(256, "anomaly maps and masks are resized to this side for "
                                         "the metrics")
+    metrics_on_device: bool = setting(False, "compute the exact pixel metrics with torch on --device "
+                                             "(a GPU: a Real-IAD-sized test set without minutes "
+                                             "of host work); equal to the host's to float round-off")
     gt_threshold: float = setting(0.0, "a mask pixel is anomalous if above this, on the mask's "
                                        "0-1 scale (the reference: 0; 0.5 is common)")
     log_every: int = setting(100, "log the mean loss every N iterations")

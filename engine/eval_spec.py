@@ -15,6 +15,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
+from engine.metrics import pixel_metrics_and_threshold
+from engine.metrics_torch import host_maps_metrics
 from engine.objects import ObjectSpec
 
 IMAGE_AND_PIXEL_METRICS = ("I-AUROC", "I-AP", "I-F1", "P-AUROC", "P-AP", "P-F1", "P-AUPRO")
@@ -48,6 +52,9 @@ class EvalSpec:
     # exact AUPRO's thresholds: "numpy1", Dinomaly's (the numpy it ran on), or "numpy2", the
     # Dinomaly2 preview's (`engine.metrics.rule_thresholds`); the last digits differ
     aupro_thresholds: str = "numpy1"
+    # where the exact pixel metrics are computed: None, with numpy on the host; a torch
+    # device (the run's GPU, --metrics_on_device): with `engine.metrics_torch` there
+    device: str | None = None
 
     def __post_init__(self) -> None:
         if self.aupro_thresholds not in ("numpy1", "numpy2"):
@@ -74,6 +81,14 @@ class EvalSpec:
     def default(self) -> bool:
         """Dinomaly's evaluation: images, exact pixel metrics."""
         return self.objects is None and self.pixel_metrics == "exact"
+
+    def exact_pixel_metrics(self, masks: np.ndarray, maps: np.ndarray
+                            ) -> tuple[float, float, float, float, float | None]:
+        """(P-AUROC, P-AP, P-F1, AUPRO, the pixel F1-max threshold) of host arrays, exact,
+        computed on the host or on `device`, AUPRO's thresholds by `aupro_thresholds`."""
+        if self.device is None:
+            return pixel_metrics_and_threshold(masks, maps, threshold_rule=self.aupro_thresholds)
+        return host_maps_metrics(masks, maps, self.device, threshold_rule=self.aupro_thresholds)
 
     def note(self) -> str:
         """What the reports say of this evaluation ('' for the default)."""

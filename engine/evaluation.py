@@ -33,7 +33,6 @@ from engine import heatmaps
 from engine.eval_spec import (IMAGE_AND_PIXEL_METRICS, MULTIVIEW_METRICS, OBJECT_METRICS,  # noqa: F401
                               EvalSpec, modality_metric_names)
 from engine.maps import EvalMaps, test_set_maps
-from engine.metrics import pixel_metrics_and_threshold
 from engine.object_metrics import spec_class_metrics
 from engine.objects import object_name, shared_file_views, shared_name_views
 from engine.thresholds import PooledThresholds, Thresholds, f1_max_or_none, map_scale
@@ -50,9 +49,8 @@ def class_metrics(maps: EvalMaps, spec: EvalSpec | None = None) -> tuple[list[fl
     if spec is not None and not spec.default:
         return spec_class_metrics(maps, spec)
     auroc_sp, ap_sp, f1_sp, image, image_f1 = f1_max_or_none(maps.labels, maps.scores)
-    rule = "numpy1" if spec is None else spec.aupro_thresholds
-    auroc_px, ap_px, f1_px, aupro_px, pixel = pixel_metrics_and_threshold(
-        maps.masks, maps.maps, threshold_rule=rule)
+    spec = EvalSpec() if spec is None else spec
+    auroc_px, ap_px, f1_px, aupro_px, pixel = spec.exact_pixel_metrics(maps.masks, maps.maps)
     pixel_f1 = None if pixel is None else f1_px
     n_anomalous = int(maps.labels.sum())
     thresholds = Thresholds(image, image_f1, pixel, pixel_f1, map_scale(maps.maps),

@@ -119,11 +119,16 @@ def binary_metrics_and_threshold(y_true: torch.Tensor, y_score: torch.Tensor
                                  ) -> tuple[float, float, float, float]:
     """(AUROC, AP, F1-max, threshold) as `metrics.binary_metrics_and_threshold`."""
     y_score, (auroc, ap, f1_max, score) = _ranked_binary(y_true, y_score)
+    return auroc, ap, f1_max, _threshold_below(y_score, score)
+
+
+def _threshold_below(y_score: torch.Tensor, score: float) -> float:
+    """`metrics.threshold_between` the F1-max score and the largest score below it."""
     high = torch.tensor(score, dtype=y_score.dtype, device=y_score.device)
     low = max(float(torch.where(part < high, part, -math.inf).max())
               for part in y_score.split(CHUNK))
     dtype = np.float32 if y_score.dtype == torch.float32 else np.float64
-    return auroc, ap, f1_max, _np_metrics.threshold_between(None if low == -math.inf else low, score, dtype)
+    return _np_metrics.threshold_between(None if low == -math.inf else low, score, dtype)
 
 
 def roc_auc(y_true: torch.Tensor, y_score: torch.Tensor) -> float:
@@ -162,8 +167,10 @@ def _overlap_sums(ids: torch.Tensor, n_regions: int, scores: torch.Tensor,
     return total
 
 
-def _pixel_pass(masks: torch.Tensor, amaps: torch.Tensor, num_th: int, binary: bool):
-    """(binary metrics or None, AUPRO) of N x H x W masks and maps."""
+def _pixel_pass(masks: torch.Tensor, amaps: torch.Tensor, num_th: int, binary: bool,
+                rule: str = "numpy1"):
+    """(binary metrics (AUROC, AP, F1-max, the F1-max score) or None, AUPRO) of N x H x W
+    masks and maps; AUPRO's thresholds by `rule` (`metrics.rule_thresholds`)."""
     if not isinstance(num_th, int):
         raise TypeError("num_th must be an int")
     amaps = _as_float(amaps)
@@ -176,16 +183,16 @@ def _pixel_pass(masks: torch.Tensor, amaps: torch.Tensor, num_th: int, binary: b
         raise ValueError("amaps contain infinity")
     masks = _as_bool(masks.to(amaps.device), "masks")
     dtype = np.float32 if amaps.dtype == torch.float32 else np.float64
-    thresholds = _np_metrics.thresholds_from_range(dtype(low.item()), dtype(high.item()), num_th).astype(dtype)
+    thresholds = _np_metrics.rule_thresholds(dtype(low.item()), dtype(high.item()), num_th, dtype, rule)
     positives = amaps[masks]
     n_pos, n_pixels = positives.numel(), amaps.numel()
     if n_pos in (0, n_pixels) or (thresholds.size < 2 and not binary):
-        return (math.nan,) * 3 if binary else None, math.nan
+        return (math.nan,) * 4 if binary else None, math.nan
     th = torch.from_numpy(thresholds).to(amaps.device)
     extra = torch.unique(th) if thresholds.size >= 2 else None
     if binary:
         values, counts, below, at_most, th_at_most = _rank(amaps.reshape(-1), positives, extra)
-        result = _binary_from_counts(values, counts, below, at_most, n_pixels - n_pos)[:3]
+        result = _binary_from_counts(values, counts, below, at_most, n_pixels - n_pos)
     else:
         result, th_at_most = None, counts_at(amaps.reshape(-1), extra)[1]
     if extra is None:
@@ -203,8 +210,29 @@ def compute_pro(masks: torch.Tensor, amaps: torch.Tensor, num_th: int = 200) -> 
     return _pixel_pass(masks, amaps, num_th, binary=False)[1]
 
 
-def pixel_metrics(masks: torch.Tensor, amaps: torch.Tensor, num_th: int = 200
-                  ) -> tuple[float, float, float, float]:
+def pixel_metrics(masks: torch.Tensor, amaps: torch.Tensor, num_th: int = 200,
+                  threshold_rule: str = "numpy1") -> tuple[float, float, float, float]:
     """(P-AUROC, P-AP, P-F1-max, AUPRO) as `metrics.pixel_metrics`, on the maps' device."""
-    binary, aupro = _pixel_pass(masks, amaps, num_th, binary=True)
-    return (*binary, aupro)
+    binary, aupro = _pixel_pass(masks, amaps, num_th, binary=True, rule=threshold_rule)
+    return (*binary[:3], aupro)
+
+
+def pixel_metrics_and_threshold(masks: torch.Tensor, amaps: torch.Tensor, num_th: int = 200,
+                                threshold_rule: str = "numpy1"
+                                ) -> tuple[float, float, float, float, float | None]:
+    """(P-AUROC, P-AP, P-F1-max, AUPRO, F1-max threshold) as
+    `metrics.pixel_metrics_and_threshold`, on the maps' device."""
+    (auroc, ap, f1, score), aupro = _pixel_pass(masks, amaps, num_th, binary=True,
+                                                rule=threshold_rule)
+    if math.isnan(auroc):
+        return auroc, ap, f1, aupro, None
+    return auroc, ap, f1, aupro, _threshold_below(_as_float(amaps).reshape(-1), score)
+
+
+def host_maps_metrics(masks: np.ndarray, amaps: np.ndarray, device: str, num_th: int = 200,
+                      threshold_rule: str = "numpy1") -> tuple[float, float, float, float, float | None]:
+    """`pixel_metrics_and_threshold` of host arrays (an evaluation's maps), computed on
+    `device`: the maps and masks are copied there once."""
+    return pixel_metrics_and_threshold(torch.from_numpy(np.ascontiguousarray(masks)).to(device),
+                                       torch.from_numpy(np.ascontiguousarray(amaps)).to(device),
+                                       num_th, threshold_rule)

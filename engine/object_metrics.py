@@ -16,7 +16,6 @@ import torch
 from engine.eval_spec import EvalSpec
 from engine.hist_metrics import HistogramAccumulator, _curve
 from engine.maps import EvalMaps
-from engine.metrics import pixel_metrics_and_threshold
 from engine.thresholds import Thresholds, f1_max_or_none, map_scale, object_thresholds
 
 HISTOGRAM_BATCH = 64  # maps per step of the histogram pass (bounds its temporaries)
@@ -53,15 +52,14 @@ def histogram_pixel_metrics(masks: np.ndarray, maps: np.ndarray,
     return (*out, float(np.nextafter(edge, np.float32(-np.inf))), float(f1[best]))
 
 
-def pixel_values(masks: np.ndarray, maps: np.ndarray, how: str,
-                 rule: str = "numpy1") -> PixelValues:
-    """(P-AUROC, P-AP, P-F1, P-AUPRO, pixel threshold, its F1) of the maps, `how` as
-    `EvalSpec.pixel_metrics`, exact AUPRO's thresholds by `rule` (`EvalSpec.aupro_thresholds`)."""
-    if how == "none":
+def pixel_values(masks: np.ndarray, maps: np.ndarray, spec: EvalSpec) -> PixelValues:
+    """(P-AUROC, P-AP, P-F1, P-AUPRO, pixel threshold, its F1) of the maps, as
+    `spec.pixel_metrics` says (exact ones: `EvalSpec.exact_pixel_metrics`)."""
+    if spec.pixel_metrics == "none":
         return 0.0, 0.0, 0.0, 0.0, None, None
-    if how == "histogram":
+    if spec.pixel_metrics == "histogram":
         return histogram_pixel_metrics(masks, maps)
-    auroc, ap, f1, aupro, threshold = pixel_metrics_and_threshold(masks, maps, threshold_rule=rule)
+    auroc, ap, f1, aupro, threshold = spec.exact_pixel_metrics(masks, maps)
     return auroc, ap, f1, aupro, threshold, None if threshold is None else f1
 
 
@@ -77,8 +75,7 @@ def spec_class_metrics(maps: EvalMaps, spec: EvalSpec) -> tuple[list[float], Thr
     if spec.modalities:
         return modality_class_metrics(maps, spec)
     auroc_sp, ap_sp, f1_sp, image, image_f1 = f1_max_or_none(maps.labels, maps.scores)
-    *pixel, pixel_threshold, pixel_f1 = pixel_values(maps.masks, maps.maps, spec.pixel_metrics,
-                                                     spec.aupro_thresholds)
+    *pixel, pixel_threshold, pixel_f1 = pixel_values(maps.masks, maps.maps, spec)
     values = [auroc_sp, ap_sp, f1_sp, *pixel]
     objects = None
     if spec.objects is not None:
@@ -98,8 +95,7 @@ def modality_class_metrics(maps: EvalMaps, spec: EvalSpec) -> tuple[list[float],
     extra = []
     for k, name in enumerate(spec.modalities):
         pick = maps.views == k
-        *pixel, threshold, f1 = pixel_values(maps.masks[pick], maps.maps[pick],
-                                             spec.pixel_metrics, spec.aupro_thresholds)
+        *pixel, threshold, f1 = pixel_values(maps.masks[pick], maps.maps[pick], spec)
         values += pixel
         extra += [(f"pixel_{name}", threshold), (f"pixel_{name}_f1", f1)]
     n_anomalous = int(maps.labels.sum())

@@ -114,7 +114,9 @@ def run_in_folder(cfg: RunConfig, argv: Sequence[str], run_dir: Path, log: RunLo
     context = RunContext(cfg, recipe, torch.device(cfg.device), log, report, status,
                          EvalSettings(cfg.batch_size, cfg.num_workers, cfg.eval_resolution,
                                       cfg.gt_threshold, cfg.image_size, cfg.crop_size,
-                                      pooled=not cfg.separate, spec=recipe.eval_spec(cfg)))
+                                      pooled=not cfg.separate, spec=dataclasses.replace(
+                                          recipe.eval_spec(cfg),
+                                          device=cfg.device if cfg.metrics_on_device else None)))
     final: dict[str, list[float]] = {}
     for i, job in enumerate(plan.jobs):
         if job.label is not None:  # one model of several: which
@@ -269,5 +271,6 @@ def speed_options(cfg: RunConfig, processes: int) -> str:
     """The non-default speed settings for the log's first line, e.g. `, amp bf16, 2 processes`."""
     options = {f"amp {cfg.amp}": cfg.amp != "none", "explicit attention": not cfg.fused_attn,
                "image cache": cfg.cache_images, "compiled": cfg.compile, "tf32": cfg.tf32,
+               "metrics on the device": cfg.metrics_on_device,
                f"{processes} processes": processes > 1}
     return "".join(f", {name}" for name, on in options.items() if on)

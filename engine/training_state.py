@@ -76,6 +76,7 @@ RESUME_FREE = frozenset({
     "encoder_changed",   # a record of which settings the encoder set (they are compared)
     "cache_images",      # speed: the same tensors, the same order of random draws
     "compile",           # the same random draws as eager (step.INDUCTOR_OPTIONS); rounding only
+    "metrics_on_device", # the metrics to float round-off, not the training
     "tf32",              # rounding only, like --device: a continuation is then not bit-exact
 })
 

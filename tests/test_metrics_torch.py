@@ -102,3 +102,36 @@ def test_cuda_masks_from_the_host_and_uint8():
     maps = torch.from_numpy(amaps).cuda()
     for m in (torch.from_numpy(masks.astype(np.uint8)), torch.from_numpy(masks.astype(np.uint8)).cuda()):
         assert metrics_torch.pixel_metrics(m, maps) == pytest.approx(expected, abs=1e-12)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("rule", ["numpy1", "numpy2"])
+@pytest.mark.parametrize("case", ["synthetic", "on_threshold"])
+def test_pixel_metrics_and_threshold_equal_the_numpy_path(case, rule, device, small_steps):
+    """The evaluation's one pixel pass (four metrics and the pixel threshold) on the device
+    equals the numpy one, with either rule for AUPRO's thresholds."""
+    masks, amaps = synthetic_case(5, levels=0) if case == "synthetic" else on_threshold_case(2)
+    expected = metrics.pixel_metrics_and_threshold(masks, amaps, threshold_rule=rule)
+    got = metrics_torch.pixel_metrics_and_threshold(*on(device, masks, amaps), threshold_rule=rule)
+    assert got[:4] == pytest.approx(expected[:4], abs=1e-12)
+    assert got[4] == expected[4]  # the same float32 threshold, bit for bit
+    empty = np.zeros_like(masks)
+    assert math.isnan(metrics_torch.pixel_metrics_and_threshold(*on(device, empty, amaps))[0])
+    assert metrics_torch.pixel_metrics_and_threshold(*on(device, empty, amaps))[4] is None
+
+
+def test_an_evaluation_on_the_device_equals_the_host_one():
+    """`--metrics_on_device` (EvalSpec.device): a class's metrics and thresholds computed with
+    torch on the device equal the host's (the thresholds bit for bit); the tiny run's flag
+    reaches the evaluation's spec."""
+    from engine.eval_spec import EvalSpec
+    from engine.evaluation import Evaluation
+    from engine.maps import EvalMaps
+    masks, amaps = synthetic_case(11, levels=0)
+    maps = EvalMaps(amaps, masks, amaps.reshape(len(amaps), -1).max(1),
+                    masks.reshape(len(masks), -1).any(1), [f"{i}.png" for i in range(len(masks))])
+    host = Evaluation(spec=EvalSpec()).add("c", maps)
+    device = Evaluation(spec=EvalSpec(device="cpu")).add("c", maps)
+    assert device.metrics == pytest.approx(host.metrics, abs=1e-12)
+    assert device.thresholds == host.thresholds
+    assert not math.isnan(host.metrics[6])
