@@ -74,14 +74,21 @@ def test_export_traces_matmuls_and_training_keeps_the_einsum(monkeypatch):
     assert seen == ["...sd,...se->...de", "...sd,...d->...s", "...de,...sd,...s->...se"]
 
 
-@pytest.fixture(scope="module", params=[("dinov2reg_vit_small_14", 98), ("dinov3_vits16", 96)],
-                ids=["dinov2", "dinov3"])
+BUILDERS = {"dinomaly": lambda name: models.build_dinomaly(name, "random", dropout=0.0),
+            "dinomaly2": lambda name: models.build_dinomaly2(name, "random", dropout=0.0)}
+
+
+@pytest.fixture(scope="module", params=[("dinomaly", "dinov2reg_vit_small_14", 98),
+                                        ("dinomaly", "dinov3_vits16", 96),
+                                        ("dinomaly2", "dinov2reg_vit_small_14", 98),
+                                        ("dinomaly2", "dinov3_vits16", 96)],
+                ids=["dinomaly-dinov2", "dinomaly-dinov3", "dinomaly2-dinov2", "dinomaly2-dinov3"])
 def random_export(request, tmp_path_factory):
-    """A random-weight pipeline of each encoder family exported to ONNX."""
-    encoder, crop = request.param
+    """A random-weight pipeline of each method and encoder family exported to ONNX."""
+    method, encoder, crop = request.param
     torch.manual_seed(0)
-    pipeline = AnomalyPipeline(models.build_dinomaly(encoder, "random", dropout=0.0), 256, 0.01).eval()
-    path = tmp_path_factory.mktemp(encoder) / "model.onnx"
+    pipeline = AnomalyPipeline(BUILDERS[method](encoder), 256, 0.01).eval()
+    path = tmp_path_factory.mktemp(f"{method}-{encoder}") / "model.onnx"
     export_onnx(pipeline, crop, path, {"encoder": encoder, "crop_size": crop})
     return {"pipeline": pipeline, "path": path, "crop": crop}
 
