@@ -31,6 +31,15 @@ class _AnomalyDataset(Dataset):
         self.types: list[str] = []
         self.notes: list[str] = []  # what the loader decided and the user should know
 
+    def add_defect_folder(self, imgs: list[str], masks: list[str | None], defect: str,
+                          normal: bool) -> None:
+        """One test folder's images and their masks (None for normal ones): label 0 and type
+        'good' when `normal`, else label 1 and type `defect`."""
+        self.img_paths += imgs
+        self.gt_paths += masks
+        self.labels += [0 if normal else 1] * len(imgs)
+        self.types += ["good" if normal else defect] * len(imgs)
+
     def read_images(self, cache_images: bool | SharedCache) -> None:
         """Once the lists are filled: the images by index (``cache_images``: decoded now;
         a ``SharedCache``: one copy per machine)."""

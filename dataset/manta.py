@@ -10,8 +10,8 @@ from typing import Callable
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Dataset
 
+from .base import _AnomalyDataset
 from .errors import DatasetError
 from .folders import _pair_masks, _require_class_folder, _require_dir, _subfolders, is_image_name
 from .images import _READ_ERRORS, _size_mismatch, load_mask, load_rgb
@@ -45,7 +45,7 @@ def _raw_mask(path: str) -> np.ndarray:
     return np.array(load_mask(path))
 
 
-class MANTATinyDataset(Dataset):
+class MANTATinyDataset(_AnomalyDataset):
     """One MANTA-Tiny class ``root = <data>/<group>/<class>``; every PNG holds five views.
 
     phase ``'train'``: ``<root>/train/good/*.png`` (``ok`` too); item ``(img, 0)``, ``img``
@@ -65,15 +65,8 @@ class MANTATinyDataset(Dataset):
 
     def __init__(self, root: str | os.PathLike, transform: Callable, gt_transform: Callable,
                  phase: str, binary_masks: bool = False) -> None:
-        if phase not in ("train", "test"):
-            raise ValueError(f"phase must be 'train' or 'test', got {phase!r}")
-        self.transform, self.gt_transform, self.phase = transform, gt_transform, phase
+        super().__init__(transform, gt_transform, phase)  # the lists, filled below
         self.binary_masks = binary_masks
-        self.img_paths: list[str] = []
-        self.gt_paths: list[str | None] = []
-        self.labels: list[int] = []
-        self.types: list[str] = []
-        self.notes: list[str] = []
         root = Path(root)
         _require_class_folder(root)
         folder = root / phase
@@ -89,15 +82,9 @@ class MANTATinyDataset(Dataset):
                 paired, notes = _pair_masks(imgs, folder / sub, root / "ground_truth" / sub,
                                             f"ground_truth/{sub} of {root}")
                 masks, self.notes = list(paired), self.notes + notes
-            self.img_paths += imgs
-            self.gt_paths += masks
-            self.labels += [0 if normal else 1] * len(imgs)
-            self.types += ["good" if normal else sub] * len(imgs)
+            self.add_defect_folder(imgs, masks, sub, normal)
         if not self.img_paths:
             raise DatasetError(f"no images in {folder}/<defect>/*.png — expected the MANTA-Tiny layout")
-
-    def __len__(self) -> int:
-        return len(self.img_paths)
 
     def files(self) -> list[str]:
         """Every file the items read: the five-view images and masks."""

@@ -270,7 +270,7 @@ class MulSenTestDataset(_MulSenDataset):
         missing = [p for p in self.files() if not os.path.isfile(p)]
         if missing:
             raise DatasetError(f"mask file not found: {missing[0]}" + (f" (and {len(missing) - 1} more)"
-                               if len(missing) > 1 else "") + f" — a sample labelled anomalous in its "
+                               if len(missing) > 1 else "") + " — a sample labelled anomalous in its "
                                "data.csv needs its mask in <modality>/GT/<defect>/")
 
     def mask_path(self, idx: int, modality: int) -> str | None:

@@ -8,8 +8,8 @@ from typing import Callable
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Dataset
 
+from .base import _AnomalyDataset
 from .depth import depth_foreground, depth_to_image, read_depth
 from .errors import DatasetError
 from .folders import _pair_masks, _require_class_folder, _require_dir, _subfolders, is_image_name
@@ -37,7 +37,7 @@ def _pngs(folder: Path) -> list[str]:
                   if is_image_name(name) and name.lower().endswith(".png"))
 
 
-class MVTec3DDataset(Dataset):
+class MVTec3DDataset(_AnomalyDataset):
     """One MVTec 3D-AD class ``root = <data>/<class>`` after ``prepare_data/prepare_mvtec3d.py``.
 
     ``<root>/<phase>/<sub>/rgb/*.png`` with the depth ``z/<name>.tiff`` beside ``rgb/`` and, for
@@ -60,16 +60,9 @@ class MVTec3DDataset(Dataset):
     def __init__(self, root: str | os.PathLike, transform: Callable, gt_transform: Callable,
                  phase: str, paired_transform: Callable | None = None, cat_3D: bool = True,
                  shot: int | None = None, seed: int = 42) -> None:
-        if phase not in ("train", "test"):
-            raise ValueError(f"phase must be 'train' or 'test', got {phase!r}")
-        self.transform, self.gt_transform, self.paired_transform = transform, gt_transform, paired_transform
-        self.phase, self.cat_3D, self.shot, self.seed = phase, cat_3D, shot, seed
-        self.img_paths: list[str] = []
+        super().__init__(transform, gt_transform, phase)  # the lists, filled below
+        self.paired_transform, self.cat_3D, self.shot, self.seed = paired_transform, cat_3D, shot, seed
         self.z_paths: list[str] = []
-        self.gt_paths: list[str | None] = []
-        self.labels: list[int] = []
-        self.types: list[str] = []
-        self.notes: list[str] = []
         root = Path(root)
         _require_class_folder(root)
         self._load(root / phase)
@@ -89,10 +82,7 @@ class MVTec3DDataset(Dataset):
             if not normal:
                 paired, notes = _pair_masks(imgs, rgb_dir, phase_dir / sub / "gt", f"{sub}/gt of {phase_dir}")
                 masks, self.notes = list(paired), self.notes + notes
-            self.img_paths += imgs
-            self.gt_paths += masks
-            self.labels += [0 if normal else 1] * len(imgs)
-            self.types += ["good" if normal else sub] * len(imgs)
+            self.add_defect_folder(imgs, masks, sub, normal)
         if not self.img_paths:
             raise DatasetError(f"no images in {phase_dir}/<defect>/rgb/*.png — expected the MVTec 3D-AD layout")
         self.z_paths = [depth_path(p) for p in self.img_paths]
@@ -111,9 +101,6 @@ class MVTec3DDataset(Dataset):
         for name in ("img_paths", "z_paths", "gt_paths", "labels", "types"):
             values = getattr(self, name)
             setattr(self, name, [values[k] for k in keep])
-
-    def __len__(self) -> int:
-        return len(self.img_paths)
 
     def files(self) -> list[str]:
         """Every file the items read: RGB images, depth TIFFs, masks."""

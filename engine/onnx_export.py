@@ -54,7 +54,7 @@ def export_onnx(pipeline: nn.Module, crop_size: int, out: Path, metadata: dict[s
     return len(data)
 
 
-def onnx_model(pipeline: AnomalyPipeline, crop_size: int, metadata: dict[str, object]):
+def onnx_model(pipeline: nn.Module, crop_size: int, metadata: dict[str, object]):
     """`pipeline` as an `onnx.ModelProto` (see the module's docstring), `metadata` in it."""
     try:
         import onnx  # noqa: F401  (the exporter needs both; say so in one line if missing)

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .encoder_pass import encode_layers, fuse_feature
+from .encoder_pass import LayerReconstruction
 from .init import init_trainable
 
 EIGHT = (0, 1, 2, 3, 4, 5, 6, 7)
@@ -50,7 +50,7 @@ def neighbour_mask(side: int, size: int, device: torch.device | str | None = Non
     return (~blocked).float().view(side * side, side * side)
 
 
-class Dinomaly(nn.Module):
+class Dinomaly(LayerReconstruction):
     """`forward(x)`: `B × 3 × H × W -> (en, de)`, two lists with one map `B × C × h × w` per
     fusion group (h = H / patch); `en` the recentred encoder targets (with
     `context_aware_recenter`), `de` the decoder's reconstructions.
@@ -78,26 +78,15 @@ class Dinomaly(nn.Module):
                  fuse_layer_bottleneck: list[int] = EIGHT, mask_neighbor_size: int = 0,
                  remove_class_token: bool = False, context_aware_recenter: bool = True,
                  use_get_intermediate: bool = False) -> None:
-        super().__init__()
         ensure_register_tokens(encoder)
-        self.encoder = encoder
-        self.bottleneck = bottleneck
-        self.decoder = decoder
-        self.target_layers = [int(i) for i in target_layers]
-        self.fuse_layer_encoder = [list(g) for g in fuse_layer_encoder]
-        self.fuse_layer_decoder = [list(g) for g in fuse_layer_decoder]
+        super().__init__(encoder, bottleneck, decoder, target_layers, fuse_layer_encoder,
+                         fuse_layer_decoder)
         self.fuse_layer_bottleneck = list(fuse_layer_bottleneck)
         self.mask_neighbor_size = mask_neighbor_size
         self.remove_class_token = remove_class_token
         self.context_aware_recenter = context_aware_recenter
         self.use_get_intermediate = use_get_intermediate
 
-    @property
-    def num_prefix_tokens(self) -> int:
-        """cls + register (DINOv3: storage) tokens, before the patch tokens."""
-        return 1 + self.encoder.num_register_tokens
-
-    fuse_feature = staticmethod(fuse_feature)  # element-wise mean of equally shaped tensors
 
     def init_weights(self) -> None:
         """The preview code's init of the bottleneck, then the decoder, in registration order:
@@ -129,10 +118,6 @@ class Dinomaly(nn.Module):
             side = int(math.sqrt(n_tokens - self.num_prefix_tokens))
             return side, side
         return x.shape[-2] // patch, x.shape[-1] // patch
-
-    def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Outputs `B × (prefix + N) × C` of the target blocks (`encoder_pass.encode_layers`)."""
-        return encode_layers(self.encoder, x, self.target_layers)
 
     def decode(self, x: torch.Tensor, mask: torch.Tensor | None) -> list[torch.Tensor]:
         """Bottleneck, then every decoder block; the block outputs, last block first."""

@@ -1,5 +1,6 @@
 """The frozen encoder's pass, shared by Dinomaly (`uad.ViTill`) and Dinomaly2
-(`dinomaly2.Dinomaly`): its tokens, the outputs of the target blocks, and the mean of layers.
+(`dinomaly2.Dinomaly`): its tokens, the outputs of the target blocks, the mean of layers,
+and what the two models hold (`LayerReconstruction`).
 Any encoder of the `encoder_family.Encoder` protocol: the extra arguments its blocks take
 (DINOv3: the rotary position embedding) come from its `block_args`, once per input.
 """
@@ -54,3 +55,31 @@ def _encode_with_grad(encoder: nn.Module, x: torch.Tensor, target_layers: list[i
 def fuse_feature(feat_list: list[torch.Tensor]) -> torch.Tensor:
     """Element-wise mean of equally shaped tensors (the layers of one fusion group)."""
     return torch.stack(feat_list, dim=1).mean(dim=1)
+
+
+class LayerReconstruction(nn.Module):
+    """What the Dinomaly models share: a frozen `encoder` (an `encoder_family.Encoder`) whose
+    `target_layers` outputs a `bottleneck` and a `decoder` reconstruct, compared in groups of
+    layers (`fuse_layer_encoder`, `fuse_layer_decoder`). The state_dict's prefixes are
+    `encoder.`, `bottleneck.`, `decoder.`, in that order (the reference's)."""
+
+    def __init__(self, encoder: nn.Module, bottleneck: nn.ModuleList, decoder: nn.ModuleList,
+                 target_layers, fuse_layer_encoder, fuse_layer_decoder) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.bottleneck = bottleneck
+        self.decoder = decoder
+        self.target_layers = [int(i) for i in target_layers]
+        self.fuse_layer_encoder = [list(g) for g in fuse_layer_encoder]
+        self.fuse_layer_decoder = [list(g) for g in fuse_layer_decoder]
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        """cls + register (DINOv3: storage) tokens, before the patch tokens."""
+        return 1 + self.encoder.num_register_tokens
+
+    fuse_feature = staticmethod(fuse_feature)  # element-wise mean of equally shaped tensors
+
+    def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Outputs `B × (prefix + N) × C` of the target blocks; blocks past the last one never run."""
+        return encode_layers(self.encoder, x, self.target_layers)

@@ -6,10 +6,10 @@ from torch import nn
 from .dinomaly2 import Dinomaly  # noqa: F401  (Dinomaly2's model, here as in the preview code)
 from .rgbd import DinomalyRGBD  # noqa: F401  (and its RGB + depth model)
 from .encoder_family import Encoder
-from .encoder_pass import encode_layers, fuse_feature
+from .encoder_pass import LayerReconstruction
 
 
-class ViTill(nn.Module):
+class ViTill(LayerReconstruction):
     """`forward(x)`: `(B, 3, H, W) -> (en, de)`, two lists of `len(fuse_layer_*)` maps
     `B × C × H/p × W/p`, p the encoder's patch (14 or 16) (encoder groups, decoder groups).
 
@@ -24,21 +24,9 @@ class ViTill(nn.Module):
                  fuse_layer_encoder: list[list[int]] = ((0, 1, 2, 3, 4, 5, 6, 7),),
                  fuse_layer_decoder: list[list[int]] = ((0, 1, 2, 3, 4, 5, 6, 7),),
                  patch_tokens_only: bool = False) -> None:
-        super().__init__()
-        self.encoder = encoder
-        self.bottleneck = bottleneck
-        self.decoder = decoder
-        self.target_layers = [int(i) for i in target_layers]
-        self.fuse_layer_encoder = [list(g) for g in fuse_layer_encoder]
-        self.fuse_layer_decoder = [list(g) for g in fuse_layer_decoder]
+        super().__init__(encoder, bottleneck, decoder, target_layers, fuse_layer_encoder,
+                         fuse_layer_decoder)
         self.patch_tokens_only = patch_tokens_only
-        self.num_prefix_tokens = 1 + encoder.num_register_tokens  # cls + registers/storage
-
-    fuse_feature = staticmethod(fuse_feature)  # element-wise mean of equally shaped tensors
-
-    def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Outputs `(B, N, C)` of the target blocks; blocks past the last one never run."""
-        return encode_layers(self.encoder, x, self.target_layers)
 
     def to_maps(self, tokens: torch.Tensor, n_h: int, n_w: int) -> torch.Tensor:
         """Drop cls and register tokens: `(B, 1 + R + h·w, C) -> (B, C, h, w)` (with

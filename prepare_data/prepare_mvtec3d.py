@@ -44,15 +44,13 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, when run as a script
 from dataset import DatasetError, check_images, is_hidden  # noqa: E402
 from engine.fileio import atomic_write_bytes  # noqa: E402
+from prepare_data.common import PrepareError, run_preparation  # noqa: E402
 from prepare_data.mvtec3d_ops import (border_points, clean_points, depth_from_cloud,  # noqa: E402
                                       keep_largest_cluster, pad_square, ransac_plane, remove_plane,
                                       square_side)
 
 SPLITS = ("train", "test", "validation")
 
-
-class PrepareError(Exception):
-    """Bad input or a bad output folder; the message names the path."""
 
 
 @dataclass(frozen=True)
@@ -218,11 +216,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     classes = args.classes.split(",") if args.classes else None
-    try:
-        counts = prepare(args.data_folder, args.save_folder, args.seed, args.workers, classes)
-    except (PrepareError, OSError) as e:  # engine.fileio's WriteError is an OSError naming the file
-        print(f"prepare_mvtec3d: error: {e}", file=sys.stderr)
-        sys.exit(2)
+    counts = run_preparation("prepare_mvtec3d", lambda: prepare(
+        args.data_folder, args.save_folder, args.seed, args.workers, classes))
     notes = "".join([f", {counts['no_plane']} kept their plane (fewer than 50 border points)" * bool(counts["no_plane"]),
                      f", {counts['clusters']} had more than one cluster (the largest kept)" * bool(counts["clusters"])])
     print(f"prepare_mvtec3d: {counts['samples']} samples in {args.save_folder} "

@@ -31,13 +31,11 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, when run as a script
 from dataset import DatasetError, check_images, is_hidden  # noqa: E402
 from engine.fileio import atomic_write_bytes  # noqa: E402
+from prepare_data.common import PrepareError, run_preparation  # noqa: E402
 
 TARGET = 1024
 MASK_TAG = "_mask"
 
-
-class PrepareError(Exception):
-    """Bad input or a bad output folder; the message names the path."""
 
 
 def is_mask(path: Path) -> bool:
@@ -128,11 +126,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     save = Path(args.save_folder) if args.save_folder else Path(args.data_folder).parent / "realiadvariety_1024"
-    try:
-        counts = prepare(args.data_folder, save, args.size, args.workers)
-    except (PrepareError, OSError) as e:  # engine.fileio's WriteError is an OSError naming the file
-        print(f"prepare_realiad_variety: error: {e}", file=sys.stderr)
-        sys.exit(2)
+    counts = run_preparation("prepare_realiad_variety",
+                             lambda: prepare(args.data_folder, save, args.size, args.workers))
     print(f"prepare_realiad_variety: {counts['images']} images and {counts['masks']} masks in {save} "
           f"({counts['done']} already done)")
 

@@ -31,14 +31,12 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, when run as a script
 from engine.fileio import atomic_write_bytes  # noqa: E402
+from prepare_data.common import PrepareError, run_preparation  # noqa: E402
 
 SPLIT_TYPES = ("1cls", "2cls_highshot", "2cls_fewshot")
 CSV_HEADER = ["object", "split", "label", "image", "mask"]
 SPLITS = ("train", "test")
 
-
-class PrepareError(Exception):
-    """Bad input or a conflict with existing output; the message names the file."""
 
 
 def binarize_mask(src: Path) -> bytes:
@@ -186,11 +184,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
-    try:
-        counts = prepare(args.split_type, args.data_folder, args.save_folder, args.split_file, args.overwrite)
-    except PrepareError as e:
-        print(f"prepare_visa: error: {e}", file=sys.stderr)
-        sys.exit(2)
+    counts = run_preparation("prepare_visa", lambda: prepare(
+        args.split_type, args.data_folder, args.save_folder, args.split_file, args.overwrite))
     print(f"prepare_visa: {counts['images']} images and {counts['masks']} masks in "
           f"{Path(args.save_folder) / args.split_type} ({counts['unchanged']} already up to date)")
 

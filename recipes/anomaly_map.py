@@ -104,3 +104,18 @@ class AnomalyPipeline(nn.Module):
                                         align_corners=False)  # B, 1, R, R
         anomaly_map = self.blur(anomaly_map)
         return anomaly_map, image_scores(anomaly_map, self.max_ratio)
+
+
+class TopRatioScore:
+    """A recipe's anomaly map and score as Dinomaly's (this module's pipeline): mixed into a
+    recipe whose Config has `max_ratio` (and the run's `eval_resolution`)."""
+
+    def pipeline(self, model: nn.Module, cfg) -> AnomalyPipeline:
+        return AnomalyPipeline(model, cfg.eval_resolution, cfg.max_ratio)
+
+    def score_settings(self, cfg) -> dict[str, object]:
+        return {"max_ratio": cfg.max_ratio}
+
+    def score_note(self, cfg) -> str:
+        return (f"Image score: mean of the top {100 * cfg.max_ratio:g} % of the "
+                f"{cfg.eval_resolution}x{cfg.eval_resolution} anomaly map")

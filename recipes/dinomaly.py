@@ -24,7 +24,7 @@ import models
 import utils
 from engine.config import RunConfig, setting
 from engine.stable_adamw import StableAdamW
-from recipes.anomaly_map import AnomalyPipeline
+from recipes.anomaly_map import TopRatioScore
 from recipes.base import Optimization, Recipe, Reference, setting_differences
 from recipes.registry import register_recipe
 
@@ -113,7 +113,9 @@ def paper_differences(config: dict[str, object], all_classes: Sequence[str]) -> 
 
 
 @register_recipe
-class Dinomaly(Recipe):
+class Dinomaly(TopRatioScore, Recipe):
+    """Dinomaly (CVPR 2025): the module docstring says what each part is."""
+
     name = "dinomaly"
     title = "Dinomaly"
     Config = Config
@@ -136,16 +138,6 @@ class Dinomaly(Recipe):
                                               total_iters=cfg.total_iters,
                                               warmup_iters=cfg.warmup_iters)
         return Optimization(optimizer, scheduler, trainable, cfg.clip_grad)
-
-    def pipeline(self, model: nn.Module, cfg: Config) -> AnomalyPipeline:
-        return AnomalyPipeline(model, cfg.eval_resolution, cfg.max_ratio)
-
-    def score_settings(self, cfg: Config) -> dict[str, object]:
-        return {"max_ratio": cfg.max_ratio}
-
-    def score_note(self, cfg: Config) -> str:
-        return (f"Image score: mean of the top {100 * cfg.max_ratio:g} % of the "
-                f"{cfg.eval_resolution}x{cfg.eval_resolution} anomaly map")
 
     def reference(self, cfg: Config, all_classes: Sequence[str]) -> Reference | None:
         """The DINOv3 fork's means for its ViT-B/L on MVTec AD multi-class, else the paper's

@@ -33,7 +33,7 @@ import models
 import utils
 from engine.config import RunConfig, setting
 from engine.eval_spec import EvalSpec
-from recipes.anomaly_map import AnomalyPipeline
+from recipes.anomaly_map import TopRatioScore
 from recipes.base import Optimization, Recipe, Reference, setting_differences
 from recipes.dinomaly import HardMiningCosineLoss
 from recipes.registry import register_recipe
@@ -146,10 +146,14 @@ def paper_row(value: float | None) -> tuple[float | None, ...] | None:
 
 
 @register_recipe
-class Dinomaly2(Recipe):
+class Dinomaly2(TopRatioScore, Recipe):
     name = "dinomaly2"
     title = "Dinomaly2"
     Config = Config
+
+    def loss(self, cfg: Config, across_ranks: bool = False) -> Dinomaly2Loss:
+        return Dinomaly2Loss(bool(cfg.ll), cfg.ll_ratio, cfg.ll_ramp_iters, cfg.ll_factor,
+                             across_ranks)
 
     def build_model(self, cfg: Config, device: torch.device | str,
                     weights: str | None = None) -> nn.Module:
@@ -157,10 +161,6 @@ class Dinomaly2(Recipe):
             cfg.encoder, cfg.encoder_weights if weights is None else weights, cfg.dropout,
             recenter=bool(cfg.cr), linear_attention=bool(cfg.la), loose_groups=cfg.lc,
             device=device, fused_attn=cfg.fused_attn, attn_eps=cfg.attn_eps)
-
-    def loss(self, cfg: Config, across_ranks: bool = False) -> Dinomaly2Loss:
-        return Dinomaly2Loss(bool(cfg.ll), cfg.ll_ratio, cfg.ll_ramp_iters, cfg.ll_factor,
-                             across_ranks)
 
     def optimization(self, model: nn.Module, cfg: Config) -> Optimization:
         """The preview's groups and order: bottleneck[0], bottleneck[1], decoder; clipping
@@ -174,20 +174,10 @@ class Dinomaly2(Recipe):
         trainable = [*model.bottleneck.parameters(), *model.decoder.parameters()]
         return Optimization(optimizer, scheduler, trainable, cfg.clip_grad)
 
-    def pipeline(self, model: nn.Module, cfg: Config) -> AnomalyPipeline:
-        return AnomalyPipeline(model, cfg.eval_resolution, cfg.max_ratio)
-
-    def score_settings(self, cfg: Config) -> dict[str, object]:
-        return {"max_ratio": cfg.max_ratio}
-
     def eval_spec(self, cfg: Config) -> EvalSpec:
         """The seven metrics, AUPRO's thresholds as the preview computes them under the numpy
         it pins (numpy 2: a float32 step, float64 comparisons; Dinomaly's are numpy 1's)."""
         return EvalSpec(metrics=self.metrics, aupro_thresholds="numpy2")
-
-    def score_note(self, cfg: Config) -> str:
-        return (f"Image score: mean of the top {100 * cfg.max_ratio:g} % of the "
-                f"{cfg.eval_resolution}x{cfg.eval_resolution} anomaly map")
 
     def paper_means(self, cfg: Config) -> tuple[float | None, ...] | None:
         """The paper's row for `cfg`'s setting (multi-class only), else None."""

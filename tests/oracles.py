@@ -10,15 +10,11 @@ from skimage import measure
 from sklearn.metrics import auc, precision_recall_curve
 
 
-def reference_pro(masks, amaps, num_th=200):
-    """The reference's compute_pro, written plainly (no pandas). Its numpy (< 1.24)
-    computed `(max - min) / num_th` in float64 and `amaps > th` in the map's dtype;
-    spelled out so that numpy 2 does the same."""
-    min_th, max_th = amaps.min(), amaps.max()
-    delta = np.float64(max_th - min_th) / num_th
+def _plain_pro(masks, amaps, thresholds, binarise):
+    """The reference's AUPRO loop over `thresholds`, `binarise(amaps, th)` the positives."""
     rows = []
-    for th in np.arange(min_th, max_th, delta):
-        binary = amaps > amaps.dtype.type(th)
+    for th in thresholds:
+        binary = binarise(amaps, th)
         pros = [binary[i][region.coords[:, 0], region.coords[:, 1]].sum() / region.area
                 for i, mask in enumerate(masks) for region in measure.regionprops(measure.label(mask))]
         inverse = 1 - masks.astype(np.int64)
@@ -27,6 +23,16 @@ def reference_pro(masks, amaps, num_th=200):
     pro, fpr = np.array(rows).T
     keep = fpr < 0.3
     return auc(fpr[keep] / fpr[keep].max(), pro[keep])
+
+
+def reference_pro(masks, amaps, num_th=200):
+    """The reference's compute_pro, written plainly (no pandas). Its numpy (< 1.24)
+    computed `(max - min) / num_th` in float64 and `amaps > th` in the map's dtype;
+    spelled out so that numpy 2 does the same."""
+    min_th, max_th = amaps.min(), amaps.max()
+    delta = np.float64(max_th - min_th) / num_th
+    return _plain_pro(masks, amaps, np.arange(min_th, max_th, delta),
+                      lambda maps, th: maps > maps.dtype.type(th))
 
 
 def preview_pro(masks, amaps, num_th=200):
@@ -34,18 +40,8 @@ def preview_pro(masks, amaps, num_th=200):
     reference's lines as written, `(max - min) / num_th` and `amaps > th` left to numpy 2's
     casting (a float32 step, a float64 grid, float64 comparisons)."""
     min_th, max_th = amaps.min(), amaps.max()
-    delta = (max_th - min_th) / num_th
-    rows = []
-    for th in np.arange(min_th, max_th, delta):
-        binary = amaps > th
-        pros = [binary[i][region.coords[:, 0], region.coords[:, 1]].sum() / region.area
-                for i, mask in enumerate(masks) for region in measure.regionprops(measure.label(mask))]
-        inverse = 1 - masks.astype(np.int64)
-        fpr = np.logical_and(inverse, binary).sum() / inverse.sum()
-        rows.append((mean(pros), fpr))
-    pro, fpr = np.array(rows).T
-    keep = fpr < 0.3
-    return auc(fpr[keep] / fpr[keep].max(), pro[keep])
+    return _plain_pro(masks, amaps, np.arange(min_th, max_th, (max_th - min_th) / num_th),
+                      lambda maps, th: maps > th)
 
 
 def reference_f1_max(y_true, y_score):
@@ -151,3 +147,110 @@ def _pro_up_to(fpr, pro, limit):
     crossing = (x2 - x1) * (y1 + y2) / 2
     rectangle = crossing * y1 / (y1 + (y2 - y1) / 2)
     return (area + rectangle * t + (crossing - rectangle) * t * t) / limit
+
+
+def reference_training_loop(model, optimizer, lr_scheduler, train_dataloader, test_data_list,
+                            total_iters: int, every: int, batch_size: int):
+    """The training loop of the reference's scripts (Dinomaly's dinomaly_mvtec_uni.py, the
+    Dinomaly2 preview's dinomaly_2D.py: the same loop), abridged only in the printing: epochs
+    over the re-iterated loader, hard-mining p ramped over 1000 iterations, clip 0.1, an
+    evaluation of every class every `every` iterations. Returns the model's state_dict."""
+    import utils
+    from torch import nn
+    from torch.utils.data import DataLoader
+    trainable = nn.ModuleList([model.bottleneck, model.decoder])
+    it = 0
+    for epoch in range(int(np.ceil(total_iters / len(train_dataloader)))):
+        model.train()
+        for img, label in train_dataloader:
+            en, de = model(img)
+            p = min(0.9 * it / 1000, 0.9)
+            loss = utils.global_cosine_hm_percent(en, de, p=p, factor=0.1)
+            optimizer.zero_grad()
+            loss.backward()
+            nn.utils.clip_grad_norm_(trainable.parameters(), max_norm=0.1)
+            optimizer.step()
+            lr_scheduler.step()
+            if (it + 1) % every == 0:
+                for test_data in test_data_list:
+                    test_dataloader = DataLoader(test_data, batch_size=batch_size, shuffle=False,
+                                                 num_workers=0)
+                    utils.evaluation_batch(model, test_dataloader, "cpu", max_ratio=0.01,
+                                           resize_mask=256)
+                model.train()
+            it += 1
+            if it == total_iters:
+                break
+    return model.state_dict()
+
+
+# ----------------------------------------------------------------------------- Dinomaly2
+
+def layer_norm_plain(d: torch.Tensor) -> torch.Tensor:
+    """Over channels, biased variance, eps 1e-8, no affine (Dinomaly2's recentering)."""
+    mu = d.mean(-1, keepdim=True)
+    var = ((d - mu) ** 2).mean(-1, keepdim=True)
+    return (d - mu) / torch.sqrt(var + 1e-8)
+
+
+def plain_encoder_blocks(encoder, x: torch.Tensor, last: int = 9) -> list[torch.Tensor]:
+    """The outputs of encoder blocks 0..`last`, in eval mode, without gradient."""
+    with torch.no_grad():
+        t = encoder.prepare_tokens(x)
+        outs = []
+        for blk in encoder.blocks[:last + 1]:
+            t = blk(t)
+            outs.append(t)
+    return outs
+
+
+def plain_dinomaly2_decoder(model, h: torch.Tensor) -> list[torch.Tensor]:
+    """Dinomaly2's bottleneck in eval mode, Linear(C, 256), Linear(256, 4C), GELU,
+    Linear(4C, C), then every decoder block; the decoder outputs reversed."""
+    first, rest = model.bottleneck
+    h = rest[3](torch.nn.functional.gelu(rest[0](first[0](h))))
+    dec = []
+    for blk in model.decoder:
+        h = h + blk.attn(blk.norm1(h))
+        h = h + blk.mlp(blk.norm2(h))
+        dec.append(h)
+    return dec[::-1]
+
+
+def tokens_to_map(m: torch.Tensor) -> torch.Tensor:
+    """B, N, C -> B, C, side, side."""
+    side = int(m.shape[1] ** 0.5)
+    return m.transpose(1, 2).reshape(m.shape[0], m.shape[2], side, side)
+
+
+def plain_group_maps(kept, dec, groups, encoder_side, decoder_side):
+    """Per group the means of the kept encoder layers and of the (reversed) decoder outputs,
+    `encoder_side` / `decoder_side` applied to them, as maps: (encoder maps, decoder maps)."""
+    mean = lambda layers, g: torch.stack([layers[i] for i in g]).mean(0)  # noqa: E731
+    return ([tokens_to_map(encoder_side(mean(kept, g))) for g in groups],
+            [tokens_to_map(decoder_side(mean(dec, g))) for g in groups])
+
+
+def assert_maps_close(got, expected) -> None:
+    assert [g.shape for g in got] == [e.shape for e in expected]
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def assert_runtime_equals_torch(runner, torch_pipeline, batches, side: int, tol: float = 1e-4) -> None:
+    """An exported pipeline run by `runner` (numpy out) gives torch's maps `B×1×side×side` and
+    scores for every batch, within `tol`."""
+    for batch in batches:
+        maps, scores = runner(batch)
+        with torch.no_grad():
+            ref_maps, ref_scores = torch_pipeline(batch)
+        assert maps.shape == (len(batch), 1, side, side) and scores.shape == (len(batch),)
+        assert np.abs(maps - ref_maps.numpy()).max() < tol
+        assert np.abs(scores - ref_scores.numpy()).max() < tol
+
+
+def assert_forward_equals(model, x, expected, shape) -> None:
+    """`model(x)`: every map of `shape`, equal to the `expected` (encoder maps, decoder maps)."""
+    en, de = model(x)
+    assert [e.shape for e in en + de] == [shape] * (len(en) + len(de))
+    assert_maps_close(en + de, sum(expected, []))

@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-__all__ = ["make_mvtec", "make_visa_raw", "make_realiad", "texture", "blob_mask"]
+__all__ = ["make_mvtec", "make_visa_raw", "make_realiad", "texture", "blob_mask", "ellipse_masks"]
 
 
 def _rng(seed: int, *names: object) -> np.random.Generator:
@@ -65,6 +65,19 @@ def blob_mask(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
     cx = rng.uniform(rx, width - rx)
     yy, xx = np.mgrid[0:height, 0:width]
     return ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1.0
+
+
+def ellipse_masks(rng: np.random.Generator, n: int, h: int, w: int, divisor: float = 4) -> np.ndarray:
+    """``n × h × w`` bool masks: image 0 empty, image ``i`` with ``1 + i % 3`` ellipses of
+    radii up to ``1 + side / divisor`` (the draws in this order: centre, then radii)."""
+    yy, xx = np.mgrid[:h, :w]
+    masks = np.zeros((n, h, w), dtype=bool)
+    for i in range(1, n):
+        for _ in range(1 + i % 3):
+            cy, cx = rng.random(2) * [h, w]
+            ry, rx = 1 + rng.random(2) * [h / divisor, w / divisor]
+            masks[i] |= ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1
+    return masks
 
 
 def _defective(rng: np.random.Generator, img: np.ndarray, region: np.ndarray) -> np.ndarray:

@@ -3,8 +3,8 @@ layers (initial weights tensor for tensor, and the generator state after them), 
 state_dict and parameter counts, and checkpoints between it, the preview and Dinomaly."""
 import pytest
 import torch
-from test_reference_init import (ARCHS, assert_same_tensors, dinov1_vit, dinov2_vit, module,
-                                 ref_trunc_normal_, vit_block)
+from test_reference_init import (ARCHS, assert_cuda_build_alike, assert_same_tensors, dinov1_vit,
+                                 dinov2_vit, module, reference_init_, vit_block)
 from torch import nn
 
 from models import (CheckpointMismatch, build_dinomaly, build_dinomaly2, load_checkpoint,
@@ -31,13 +31,7 @@ def preview_dinomaly2(name: str, device: str = "cpu") -> nn.Module:
                       nn.Dropout(0.4))])
     decoder = nn.ModuleList(vit_block(dim, eps=1e-8) for _ in range(8))
     model = module(encoder=encoder, bottleneck=bottleneck, decoder=decoder).to(device)
-    for m in list(bottleneck.modules()) + list(decoder.modules()):
-        if isinstance(m, nn.Linear):
-            ref_trunc_normal_(m.weight, std=0.01, a=-0.03, b=0.03)
-            nn.init.constant_(m.bias, 0)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.constant_(m.bias, 0)
-            nn.init.constant_(m.weight, 1.0)
+    reference_init_(list(bottleneck.modules()) + list(decoder.modules()))
     return model
 
 
@@ -60,14 +54,8 @@ def test_seeded_build_equals_the_preview_construction(preview_and_state, linear_
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_build_equals_the_preview_construction():
-    torch.manual_seed(SEED)
-    ref = preview_dinomaly2(NAME, device="cuda")
-    states = torch.get_rng_state(), torch.cuda.get_rng_state()
-    torch.manual_seed(SEED)
-    ours = build_dinomaly2(NAME, weights="random", device="cuda")
-    assert torch.equal(torch.get_rng_state(), states[0])
-    assert torch.equal(torch.cuda.get_rng_state(), states[1])
-    assert_same_tensors(ours.state_dict(), ref.state_dict())
+    assert_cuda_build_alike(lambda: preview_dinomaly2(NAME, device="cuda"),
+                            lambda: build_dinomaly2(NAME, weights="random", device="cuda"), SEED)
 
 
 def test_state_dict_keys_and_parameter_counts(preview_and_state):

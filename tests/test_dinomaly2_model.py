@@ -7,9 +7,12 @@ import torch.nn.functional as F
 from torch import nn
 
 import models
+from oracles import (assert_maps_close, layer_norm_plain, plain_dinomaly2_decoder,
+                     plain_encoder_blocks, plain_group_maps)
 from models import LOOSE_GROUPS, build_dinomaly2, loose_group_list
 from models.attention import Attention, DropKey
 from models.dinomaly2 import ensure_register_tokens
+from oracles import assert_forward_equals
 
 P = 5  # prefix tokens of DINOv2-reg: cls + 4 registers
 
@@ -20,64 +23,24 @@ def small():
     return build_dinomaly2("dinov2reg_vit_small_14", weights="random").eval()
 
 
-def layer_norm_plain(d: torch.Tensor) -> torch.Tensor:
-    """Over channels, biased variance, eps 1e-8, no affine."""
-    mu = d.mean(-1, keepdim=True)
-    var = ((d - mu) ** 2).mean(-1, keepdim=True)
-    return (d - mu) / torch.sqrt(var + 1e-8)
-
-
 def plain_dinomaly2(model, x, groups, recenter=True, remove_cls=False, neck=range(8)):
     """The preview's forward in eval mode, written out: encoder blocks 0..9, kept 2..9; the
     mean of the `neck` layers (prefix cut first with `remove_cls`) through Linear(C, 256),
     Linear(256, 4C), GELU, Linear(4C, C); the decoder blocks, reversed; per group the means;
     decoder prefix cut unless `remove_cls`; encoder: patches − group cls, layer norm."""
-    enc = model.encoder
-    with torch.no_grad():
-        t = enc.prepare_tokens(x)
-        outs = []
-        for blk in enc.blocks[:10]:
-            t = blk(t)
-            outs.append(t)
-    kept = outs[2:]
+    kept = plain_encoder_blocks(model.encoder, x)[2:]
     src = [k[:, P:] if remove_cls else k for k in kept]
-    h = torch.stack([src[i] for i in neck]).mean(0)
-    first, rest = model.bottleneck
-    h = rest[3](F.gelu(rest[0](first[0](h))))
-    dec = []
-    for blk in model.decoder:
-        h = h + blk.attn(blk.norm1(h))
-        h = h + blk.mlp(blk.norm2(h))
-        dec.append(h)
-    dec = dec[::-1]
-
-    def to_map(m):  # B, N, C -> B, C, side, side
-        side = int(m.shape[1] ** 0.5)
-        return m.transpose(1, 2).reshape(m.shape[0], m.shape[2], side, side)
-
-    en, de = [], []
-    for g in groups:
-        e = torch.stack([kept[i] for i in g]).mean(0)
-        d = torch.stack([dec[i] for i in g]).mean(0)
-        d = d if remove_cls else d[:, P:]
-        e = layer_norm_plain(e[:, P:] - e[:, :1]) if recenter else e[:, P:]
-        en.append(to_map(e))
-        de.append(to_map(d))
-    return en, de
-
-
-def assert_maps_close(got, expected):
-    assert len(got) == len(expected)
-    for a, b in zip(got, expected):
-        assert a.shape == b.shape
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    dec = plain_dinomaly2_decoder(model, torch.stack([src[i] for i in neck]).mean(0))
+    return plain_group_maps(
+        kept, dec, groups,
+        lambda e: layer_norm_plain(e[:, P:] - e[:, :1]) if recenter else e[:, P:],
+        lambda d: d if remove_cls else d[:, P:])
 
 
 def test_forward_equals_plain_recomputation(small):
     x = torch.randn(2, 3, 70, 70)
+    assert_forward_equals(small, x, plain_dinomaly2(small, x, LOOSE_GROUPS[2]), (2, 384, 5, 5))
     en, de = small(x)
-    assert [e.shape for e in en + de] == [(2, 384, 5, 5)] * 4
-    assert_maps_close(en + de, sum(plain_dinomaly2(small, x, LOOSE_GROUPS[2]), []))
     # the recentred targets: zero mean, unit (biased) variance over channels at every patch
     torch.testing.assert_close(en[0].mean(1), torch.zeros(2, 5, 5), atol=1e-5, rtol=0)
     torch.testing.assert_close(en[0].var(1, unbiased=False), torch.ones(2, 5, 5), atol=1e-4,

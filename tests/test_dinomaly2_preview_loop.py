@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import random
 
-import numpy as np
 import pytest
 import torch
-from torch import nn
 from torch.utils.data import DataLoader
 
 import dataset
@@ -24,6 +22,7 @@ import utils
 from conftest import TINY_V2
 from engine.cli import main
 from test_dinomaly2_build import preview_dinomaly2
+from oracles import reference_training_loop
 
 ENCODER = "dinov2reg_vit_small_14"
 CLASSES = ["aaa", "bbb"]
@@ -59,36 +58,14 @@ def preview_loop(data, fewshot: bool) -> dict[str, torch.Tensor]:
     model = models.build_dinomaly2(ENCODER, "random")  # the structure only
     model.load_state_dict(ref_init.state_dict())
     torch.set_rng_state(rng_after_init)
-    trainable = nn.ModuleList([model.bottleneck, model.decoder])
     optimizer = utils.StableAdamW([{"params": model.bottleneck[0].parameters(), "lr": 2e-4},
                                    {"params": model.bottleneck[1].parameters()},
                                    {"params": model.decoder.parameters()}],
                                   lr=2e-3, betas=(0.9, 0.999), weight_decay=1e-4, amsgrad=False,
                                   eps=1e-10, skip_nonfinite=True)
     lr_scheduler = utils.WarmupCosineScheduler(optimizer, 100, TOTAL, 1.0)
-    it = 0
-    for epoch in range(int(np.ceil(TOTAL / len(train_dataloader)))):
-        model.train()
-        for img, label in train_dataloader:
-            en, de = model(img)
-            p = min(0.9 * it / 1000, 0.9)
-            loss = utils.global_cosine_hm_percent(en, de, p=p, factor=0.1)
-            optimizer.zero_grad()
-            loss.backward()
-            nn.utils.clip_grad_norm_(trainable.parameters(), max_norm=0.1)
-            optimizer.step()
-            lr_scheduler.step()
-            if (it + 1) % EVERY == 0:
-                for test_data in test_data_list:
-                    test_dataloader = DataLoader(test_data, batch_size=BATCH, shuffle=False,
-                                                 num_workers=0)
-                    utils.evaluation_batch(model, test_dataloader, "cpu", max_ratio=0.01,
-                                           resize_mask=256)
-                model.train()
-            it += 1
-            if it == TOTAL:
-                break
-    return model.state_dict()
+    return reference_training_loop(model, optimizer, lr_scheduler, train_dataloader,
+                                   test_data_list, TOTAL, EVERY, BATCH)
 
 
 @pytest.mark.filterwarnings("ignore:This DataLoader will create")

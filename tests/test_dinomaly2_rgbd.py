@@ -4,13 +4,15 @@ over RGB and depth, the layers merged by `rgb_ratio`, the targets `cls · weight
 layer normalised, the initial weights and generator state, keys and parameter counts."""
 import pytest
 import torch
-import torch.nn.functional as F
 from test_dinomaly2_build import SEED, preview_dinomaly2
-from test_reference_init import assert_same_tensors
+from test_reference_init import assert_cuda_build_alike, assert_same_tensors
 
 import models
+from oracles import (assert_maps_close, layer_norm_plain, plain_dinomaly2_decoder,
+                     plain_encoder_blocks, plain_group_maps)
 from models import LOOSE_GROUPS, build_dinomaly2, build_dinomaly2_rgbd
 from models.dinomaly2 import recenter
+from oracles import assert_forward_equals
 
 NAME = "dinov2reg_vit_small_14"
 P = 5  # cls + 4 registers
@@ -22,11 +24,6 @@ def rgbd():
     return build_dinomaly2_rgbd(NAME, weights="random").eval()
 
 
-def layer_norm_plain(d):
-    mu = d.mean(-1, keepdim=True)
-    return (d - mu) / torch.sqrt(((d - mu) ** 2).mean(-1, keepdim=True) + 1e-8)
-
-
 def plain_rgbd(model, x, groups, weight=-1.0, norm=True, ratio=0.5, remove_cls=False):
     """The preview's `DinomalyRGBD.forward` in eval mode, written out: RGB and depth as one
     batch through blocks 0..9, kept 2..9 (prefix cut with `remove_cls`), merged
@@ -34,52 +31,21 @@ def plain_rgbd(model, x, groups, weight=-1.0, norm=True, ratio=0.5, remove_cls=F
     Linear(256, 4C), GELU, Linear(4C, C); the decoder, reversed; per group the means;
     encoder `cls · weight + patches` (patches for weight 0), layer norm; decoder prefix cut."""
     B = x.shape[0]
-    enc = model.encoder
-    with torch.no_grad():
-        t = enc.prepare_tokens(torch.cat([x[:, :3], x[:, 3:]]))
-        outs = []
-        for blk in enc.blocks[:10]:
-            t = blk(t)
-            outs.append(t)
+    outs = plain_encoder_blocks(model.encoder, torch.cat([x[:, :3], x[:, 3:]]))
     kept = [k[:, P:] if remove_cls else k for k in outs[2:]]
     kept = [ratio * k[:B] + (1 - ratio) * k[B:] for k in kept]
-    h = torch.stack(kept).mean(0)
-    first, rest = model.bottleneck
-    h = rest[3](F.gelu(rest[0](first[0](h))))
-    dec = []
-    for blk in model.decoder:
-        h = h + blk.attn(blk.norm1(h))
-        h = h + blk.mlp(blk.norm2(h))
-        dec.append(h)
-    dec = dec[::-1]
-
-    def to_map(m):
-        side = int(m.shape[1] ** 0.5)
-        return m.transpose(1, 2).reshape(m.shape[0], m.shape[2], side, side)
-
-    en, de = [], []
-    for g in groups:
-        e = torch.stack([kept[i] for i in g]).mean(0)
-        d = torch.stack([dec[i] for i in g]).mean(0)
+    dec = plain_dinomaly2_decoder(model, torch.stack(kept).mean(0))
+    def encoder_side(e):  # cls · weight + patches (patches for weight 0), layer norm
         if not remove_cls:
             e = e[:, :1] * weight + e[:, P:] if weight != 0 else e[:, P:]
-            d = d[:, P:]
-        en.append(to_map(layer_norm_plain(e) if norm else e))
-        de.append(to_map(d))
-    return en, de
-
-
-def assert_maps_close(got, expected):
-    assert [g.shape for g in got] == [e.shape for e in expected]
-    for a, b in zip(got, expected):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+        return layer_norm_plain(e) if norm else e
+    return plain_group_maps(kept, dec, groups, encoder_side,
+                            lambda d: d if remove_cls else d[:, P:])
 
 
 def test_forward_equals_the_plain_preview_forward(rgbd):
     x = torch.randn(2, 6, 56, 56)
-    en, de = rgbd(x)
-    assert [e.shape for e in en + de] == [(2, 384, 4, 4)] * 4
-    assert_maps_close(en + de, sum(plain_rgbd(rgbd, x, LOOSE_GROUPS[2]), []))
+    assert_forward_equals(rgbd, x, plain_rgbd(rgbd, x, LOOSE_GROUPS[2]), (2, 384, 4, 4))
 
 
 @pytest.mark.parametrize("kwargs,plain", [
@@ -158,11 +124,5 @@ def test_checkpoints_move_between_the_2d_and_3d_models(tmp_path):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_build_equals_the_preview_construction():
-    torch.manual_seed(SEED)
-    ref = preview_dinomaly2(NAME, device="cuda")
-    states = torch.get_rng_state(), torch.cuda.get_rng_state()
-    torch.manual_seed(SEED)
-    ours = build_dinomaly2_rgbd(NAME, weights="random", device="cuda")
-    assert torch.equal(torch.get_rng_state(), states[0])
-    assert torch.equal(torch.cuda.get_rng_state(), states[1])
-    assert_same_tensors(ours.state_dict(), ref.state_dict())
+    assert_cuda_build_alike(lambda: preview_dinomaly2(NAME, device="cuda"),
+                            lambda: build_dinomaly2_rgbd(NAME, weights="random", device="cuda"), SEED)

@@ -19,9 +19,9 @@ import torch
 import dinomaly2_2d
 import engine.step
 import synth
-import utils
 from conftest import TINY_V2
 from engine.cli import main
+from test_speed_options import recorded  # noqa: F401,F811  (the fixture: every loss call)
 
 REPO = Path(__file__).resolve().parent.parent
 HELPER = Path(__file__).resolve().parent / "dinomaly2_ddp_run.py"
@@ -35,18 +35,6 @@ def data(tmp_path_factory) -> Path:
                             n_train=3, n_good=3)
 
 
-@pytest.fixture
-def recorded(monkeypatch) -> list[dict]:
-    """Every call of the training loss: its value and the dtypes of its inputs."""
-    calls: list[dict] = []
-    loss_fn = utils.global_cosine_hm_percent
-
-    def recording(a, b, *args, **kwargs):
-        loss = loss_fn(a, b, *args, **kwargs)
-        calls.append({"loss": loss.item(), "dtypes": {t.dtype for t in (*a, *b)}})
-        return loss
-    monkeypatch.setattr(utils, "global_cosine_hm_percent", recording)
-    return calls
 
 
 def run(data: Path, save_dir: Path, name: str, *argv: str) -> Path:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -21,6 +20,7 @@ from engine.cli import main
 from engine.model_source import inference_pipeline, resolve_source
 from engine.predict import batches, list_images
 from test_dinomaly2_build import preview_dinomaly2
+from oracles import assert_runtime_equals_torch
 
 ENCODER = "dinov2reg_vit_small_14"
 
@@ -103,13 +103,8 @@ def test_onnx_export_equals_torch(v2_run, tmp_path):
     files, _ = list_images(str(v2_run["data"] / "bbb" / "test"), "--images")
     images = torch.cat([b for _, b in batches(files, 64, 56, 8)])
     torch.manual_seed(0)
-    for batch in (images[:1], images, torch.randn(3, 3, 56, 56)):
-        maps, scores = runner(batch)
-        with torch.no_grad():
-            ref_maps, ref_scores = torch_pipeline(batch)
-        assert maps.shape == (len(batch), 1, 64, 64)
-        assert np.abs(maps - ref_maps.numpy()).max() < 1e-4
-        assert np.abs(scores - ref_scores.numpy()).max() < 1e-4
+    assert_runtime_equals_torch(runner, torch_pipeline,
+                                (images[:1], images, torch.randn(3, 3, 56, 56)), 64)
     # the bare model file exports too (its method from its keys)
     export_cmd.main(["--checkpoint", str(v2_run["model"]), "--encoder", ENCODER, "--image_size",
                      "64", "--crop_size", "56", "--out", str(tmp_path / "bare.onnx")])

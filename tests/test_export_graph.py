@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import ast
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -22,6 +21,7 @@ from engine.model_source import AnomalyPipeline  # noqa: E402
 from engine.onnx_export import OnnxPipeline, export_onnx  # noqa: E402
 from engine.openvino_export import OpenVinoPipeline  # noqa: E402
 from models.vision_transformer import Block, LinearAttention2, linear_attention_matmul  # noqa: E402
+from oracles import assert_runtime_equals_torch  # noqa: E402
 
 # Operators every one of the three runtimes parses: ONNX Runtime and OpenVINO compile the
 # models below (tested); TensorRT is not installed here, so the list is onnx-tensorrt's
@@ -119,13 +119,8 @@ def test_runtimes_equal_torch(random_export, runtime):
     runner = (OnnxPipeline(random_export["path"]) if runtime == "onnxruntime"
               else OpenVinoPipeline(random_export["path"], "f32", flag="--onnx"))
     torch.manual_seed(1)
-    for batch in (torch.randn(1, 3, crop, crop), torch.randn(3, 3, crop, crop)):
-        maps, scores = runner(batch)
-        with torch.no_grad():
-            ref_maps, ref_scores = random_export["pipeline"](batch)
-        assert maps.shape == (len(batch), 1, 256, 256) and scores.shape == (len(batch),)
-        assert np.abs(maps - ref_maps.numpy()).max() < 1e-4
-        assert np.abs(scores - ref_scores.numpy()).max() < 1e-4
+    assert_runtime_equals_torch(runner, random_export["pipeline"],
+                                (torch.randn(1, 3, crop, crop), torch.randn(3, 3, crop, crop)), 256)
 
 
 def test_name_scopes_are_literals(random_export):

@@ -9,6 +9,7 @@ import torch
 
 from engine.hist_metrics import HistogramAccumulator, region_weights
 from oracles import histogram_metrics_oracle
+from synth import ellipse_masks
 
 
 def multiview_case(seed: int, n: int = 6, h: int = 32, w: int = 40):
@@ -16,13 +17,7 @@ def multiview_case(seed: int, n: int = 6, h: int = 32, w: int = 40):
     touching only diagonally, a region on the border) and float32 maps: noise, raised on
     the regions, with repeated values (ties at the maximum)."""
     rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:h, :w]
-    masks = np.zeros((n, h, w), dtype=bool)
-    for i in range(1, n):
-        for _ in range(1 + i % 3):
-            cy, cx = rng.random(2) * [h, w]
-            ry, rx = 1 + rng.random(2) * [h / 5, w / 5]
-            masks[i] |= ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1
+    masks = ellipse_masks(rng, n, h, w, divisor=5)
     masks[1, 0, 0] = True  # area 1: weight 1, as the normal pixels
     masks[1, 1, 1] = False
     masks[2, 5:8, 5:8] = True

@@ -14,6 +14,7 @@ from sklearn.metrics import auc, average_precision_score, roc_auc_score
 from engine import metrics, pro_regions, rank_counts
 from engine.metrics import (average_precision, binary_metrics, compute_pro, f1_score_max, pixel_metrics,
                             pro_thresholds, roc_auc)
+from synth import ellipse_masks
 from oracles import brute_force_f1_max, preview_pro, reference_f1_max, reference_pro
 
 
@@ -25,13 +26,7 @@ def synthetic_case(seed: int, n: int = 6, h: int = 32, w: int = 40, levels: int 
     regions, quantised to `levels` values per unit when levels > 0 (ties). All in
     float64 from Generator.random, so numpy 1.x and 2.x build the same arrays."""
     rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:h, :w]
-    masks = np.zeros((n, h, w), dtype=bool)
-    for i in range(1, n):
-        for _ in range(1 + i % 3):
-            cy, cx = rng.random(2) * [h, w]
-            ry, rx = 1 + rng.random(2) * [h / 4, w / 4]
-            masks[i] |= ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1
+    masks = ellipse_masks(rng, n, h, w)
     masks[n - 1, :3, :] = True
     amaps = rng.random((n, h, w)) * 0.6 + masks * 0.5 * rng.random((n, 1, 1))
     if levels:

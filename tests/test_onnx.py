@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import json
 
-import numpy as np
 import pytest
 import torch
 
@@ -22,6 +21,7 @@ from engine.model_source import AnomalyPipeline, load_model, resolve_source  # n
 from engine.onnx_export import METADATA_KEY, OnnxPipeline  # noqa: E402
 from engine.predict import batches, list_images  # noqa: E402
 from engine.thresholds import read_thresholds  # noqa: E402
+from oracles import assert_runtime_equals_torch  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -38,13 +38,8 @@ def test_outputs_equal_torch_for_any_batch(tiny_run, exported):
     files, _ = list_images(str(tiny_run["data"] / "aaa" / "test"), "--images")
     images = torch.cat([b for _, b in batches(files, 112, 98, 8)])
     torch.manual_seed(0)
-    for batch in (images[:1], images, torch.randn(5, 3, 98, 98)):
-        maps, scores = runner(batch)
-        with torch.no_grad():
-            ref_maps, ref_scores = exported["torch"](batch)
-        assert maps.shape == (len(batch), 1, 256, 256) and scores.shape == (len(batch),)
-        assert np.abs(maps - ref_maps.numpy()).max() < 1e-4
-        assert np.abs(scores - ref_scores.numpy()).max() < 1e-4
+    assert_runtime_equals_torch(runner, exported["torch"],
+                                (images[:1], images, torch.randn(5, 3, 98, 98)), 256)
 
 
 def test_model_file_and_metadata(tiny_run, exported):

@@ -203,20 +203,39 @@ def reference_dinomaly(name: str, weights: dict[str, torch.Tensor] | None = None
                                        fc2=nn.Linear(4 * dim, dim), drop=nn.Dropout(0.2))])
     decoder = nn.ModuleList(vit_block(dim, eps=1e-8) for _ in range(8))
     model = module(encoder=encoder, bottleneck=bottleneck, decoder=decoder).to(device)
-    for m in nn.ModuleList([bottleneck, decoder]).modules():
+    reference_init_(nn.ModuleList([bottleneck, decoder]).modules())
+    return model
+
+
+def reference_init_(modules) -> None:
+    """The scripts' init of the trained part, in module order: every Linear weight truncated
+    normal (std 0.01, cut at ±0.03, the inverse-CDF draw), biases 0; LayerNorms 1 / 0."""
+    for m in modules:
         if isinstance(m, nn.Linear):
             ref_trunc_normal_(m.weight, std=0.01, a=-0.03, b=0.03)
             nn.init.constant_(m.bias, 0)
         elif isinstance(m, nn.LayerNorm):
             nn.init.constant_(m.bias, 0)
             nn.init.constant_(m.weight, 1.0)
-    return model
 
 
 def assert_same_tensors(ours: dict[str, torch.Tensor], ref: dict[str, torch.Tensor]) -> None:
     assert sorted(ours) == sorted(ref)
     for k, expected in ref.items():
         assert torch.equal(ours[k], expected), k
+
+
+def assert_cuda_build_alike(make_reference, make_ours, seed: int) -> None:
+    """A construction on CUDA seeded like the reference's leaves the CPU and CUDA generators
+    where the reference's leaves them, with the same tensors."""
+    torch.manual_seed(seed)
+    ref = make_reference()
+    states = torch.get_rng_state(), torch.cuda.get_rng_state()
+    torch.manual_seed(seed)
+    ours = make_ours()
+    assert torch.equal(torch.get_rng_state(), states[0])
+    assert torch.equal(torch.cuda.get_rng_state(), states[1])
+    assert_same_tensors(ours.state_dict(), ref.state_dict())
 
 
 # --- the discarded DINOv1 ViT ---------------------------------------------------------------
@@ -266,11 +285,5 @@ def test_cuda_build_equals_reference():
     """Construction draws from the CPU generator, the decoder/bottleneck init (after the move
     to the device) from the CUDA one, as in the reference."""
     name = "dinov2reg_vit_small_14"
-    torch.manual_seed(SEED)
-    ref = reference_dinomaly(name, device="cuda")
-    ref_states = torch.get_rng_state(), torch.cuda.get_rng_state()
-    torch.manual_seed(SEED)
-    ours = build_dinomaly(name, weights="random", device="cuda")
-    assert torch.equal(torch.get_rng_state(), ref_states[0])
-    assert torch.equal(torch.cuda.get_rng_state(), ref_states[1])
-    assert_same_tensors(ours.state_dict(), ref.state_dict())
+    assert_cuda_build_alike(lambda: reference_dinomaly(name, device="cuda"),
+                            lambda: build_dinomaly(name, weights="random", device="cuda"), SEED)

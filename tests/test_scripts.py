@@ -39,6 +39,7 @@ def prepare_run_dir(cfg: Config) -> Path:
     run_command(folder.create)
     return folder.path
 import utils
+from oracles import reference_training_loop
 
 REPO = Path(__file__).resolve().parent.parent
 ENCODER = "dinov2reg_vit_small_14"
@@ -270,34 +271,12 @@ def test_training_equals_reference_loop(data, tmp_path):
     model = models.build_dinomaly(ENCODER, "random", dropout=0.2, device="cpu")  # structure only
     model.load_state_dict(ref_init.state_dict())
     torch.set_rng_state(rng_after_init)
-    trainable = nn.ModuleList([model.bottleneck, model.decoder])
-    optimizer = utils.StableAdamW([{"params": trainable.parameters()}], lr=2e-3,
+    optimizer = utils.StableAdamW([{"params": nn.ModuleList([model.bottleneck, model.decoder]).parameters()}], lr=2e-3,
                                   betas=(0.9, 0.999), weight_decay=1e-4, amsgrad=True, eps=1e-10)
     lr_scheduler = utils.WarmCosineScheduler(optimizer, base_value=2e-3, final_value=2e-4,
                                              total_iters=total_iters, warmup_iters=100)
-    it = 0
-    for epoch in range(int(np.ceil(total_iters / len(train_dataloader)))):
-        model.train()
-        for img, label in train_dataloader:
-            en, de = model(img)
-            p = min(0.9 * it / 1000, 0.9)
-            loss = utils.global_cosine_hm_percent(en, de, p=p, factor=0.1)
-            optimizer.zero_grad()
-            loss.backward()
-            nn.utils.clip_grad_norm_(trainable.parameters(), max_norm=0.1)
-            optimizer.step()
-            lr_scheduler.step()
-            if (it + 1) % 2 == 0:
-                for test_data in test_data_list:
-                    test_dataloader = DataLoader(test_data, batch_size=batch_size, shuffle=False,
-                                                 num_workers=0)
-                    utils.evaluation_batch(model, test_dataloader, "cpu", max_ratio=0.01,
-                                           resize_mask=256)
-                model.train()
-            it += 1
-            if it == total_iters:
-                break
-    reference = model.state_dict()
+    reference = reference_training_loop(model, optimizer, lr_scheduler, train_dataloader,
+                                        test_data_list, total_iters, 2, batch_size)
     assert ours.keys() == reference.keys()
     changed = [k for k in ours if not torch.equal(ours[k], reference[k])]
     assert not changed, changed[:5]
