@@ -9,7 +9,7 @@
 
 Writes DIR/predictions.csv (image,score,threshold,anomalous[,class]); see --help and the README.
 """
-from engine.predict import main
+from engine.predict_command import main
 
 if __name__ == "__main__":
     main()

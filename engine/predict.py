@@ -31,7 +31,7 @@ from engine.heatmaps import class_scale, load_view, render_decision, write_png_a
 from engine.model_source import inference_pipeline, resolve_source
 from engine.openvino_export import PRECISIONS
 from engine.runtimes import RUNTIMES, open_model
-from engine.tool_cli import add_model_flags, check_sizes, finite_float, new_parser, positive_int, run_tool
+from engine.tool_cli import add_model_flags, check_sizes, finite_float, new_parser, positive_int
 
 Pipeline = Callable[[torch.Tensor], tuple[np.ndarray, np.ndarray]]  # B×3×H×W → (B×1×R×R, B)
 
@@ -301,12 +301,3 @@ def write_predictions(path: Path, files: list[Path], scores: np.ndarray, thresho
             w.writerow([str(file), repr(float(score)), repr(float(threshold)), int(flag),
                         *([class_name] if class_name else [])])
     atomic_write(path, write)
-
-
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
-    if args.objects is not None:
-        from engine.predict_objects import predict_objects  # per object: its own module
-        run_tool(lambda: predict_objects(args))
-        return
-    run_tool(lambda: predict(args))

@@ -15,7 +15,7 @@ import dinomaly2_2d
 import dinomaly_mvtec_uni
 import models
 from conftest import TINY_V2
-from engine import predict as predict_cmd
+from engine import predict_command as predict_cmd
 from engine.cli import main
 from engine.model_source import inference_pipeline, resolve_source
 from engine.predict import batches, list_images

@@ -15,7 +15,7 @@ ov = pytest.importorskip("openvino")
 
 from dataset import MVTecDataset, get_data_transforms  # noqa: E402
 from engine import export as export_cmd  # noqa: E402
-from engine import predict as predict_cmd  # noqa: E402
+from engine import predict_command as predict_cmd  # noqa: E402
 from engine.evaluation import metrics_of  # noqa: E402
 from engine.int8_report import evaluate, verdict  # noqa: E402
 from engine.onnx_export import METADATA_KEY  # noqa: E402

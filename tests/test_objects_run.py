@@ -21,7 +21,7 @@ from test_report_html import check_page
 
 from engine.cli import main
 from engine.eval_spec import MULTIVIEW_METRICS
-from engine.predict import main as predict_main
+from engine.predict_command import main as predict_main
 
 HERE = Path(__file__).resolve().parent
 

@@ -16,7 +16,7 @@ pytest.importorskip("onnxruntime")
 import onnx  # noqa: E402
 
 from engine import export as export_cmd  # noqa: E402
-from engine import predict as predict_cmd  # noqa: E402
+from engine import predict_command as predict_cmd  # noqa: E402
 from engine.model_source import AnomalyPipeline, load_model, resolve_source  # noqa: E402
 from engine.onnx_export import METADATA_KEY, OnnxPipeline  # noqa: E402
 from engine.predict import batches, list_images  # noqa: E402

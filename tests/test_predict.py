@@ -17,7 +17,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from dataset import MVTecDataset, get_data_transforms
-from engine import predict as predict_cmd
+from engine import predict_command as predict_cmd
 from engine.maps import collect_maps
 from engine.model_source import AnomalyPipeline, load_model, resolve_source
 from engine.thresholds import read_thresholds

@@ -15,7 +15,7 @@ ov = pytest.importorskip("openvino")
 import onnx  # noqa: E402
 
 from engine import export as export_cmd  # noqa: E402
-from engine import predict as predict_cmd  # noqa: E402
+from engine import predict_command as predict_cmd  # noqa: E402
 from engine.onnx_export import METADATA_KEY  # noqa: E402
 from engine.thresholds import read_thresholds  # noqa: E402
 
