@@ -31,6 +31,26 @@ def depth_path(rgb_path: str) -> str:
     return str(path.parent.parent / "z" / (path.stem + ".tiff"))
 
 
+def rgb_and_depth(rgb_path: str, z_path: str) -> tuple[Image.Image, Image.Image]:
+    """An image's RGB (zero where there is no depth) and depth heat map (``depth_to_image``),
+    PIL RGB ``H × W``, as the preview's ``MVTec3DDataset`` makes them."""
+    rgb = np.array(load_rgb(rgb_path))
+    depth = read_depth(z_path)
+    if depth.shape != rgb.shape[:2]:
+        raise DatasetError(f"depth file {z_path} is {depth.shape[1]}×{depth.shape[0]} (W×H) but its image "
+                           f"{rgb_path} is {rgb.shape[1]}×{rgb.shape[0]} — prepare both with "
+                           "prepare_data/prepare_mvtec3d.py")
+    rgb[~depth_foreground(depth)] = 0
+    return Image.fromarray(rgb), Image.fromarray(depth_to_image(depth))
+
+
+def read_rgbd(rgb_path: str | os.PathLike, transform: Callable) -> torch.Tensor:
+    """The model input ``6 × H × W`` of one image of the layout (``<sub>/rgb/<name>.png``, its
+    depth in ``<sub>/z/<name>.tiff``): RGB then depth, each through ``transform``."""
+    rgb, depth = rgb_and_depth(str(rgb_path), depth_path(str(rgb_path)))
+    return torch.cat([transform(rgb), transform(depth)], dim=0)
+
+
 def _pngs(folder: Path) -> list[str]:
     """Sorted ``*.png`` files of ``folder`` (any case, hidden files skipped)."""
     return sorted(os.path.join(folder, name) for name in os.listdir(folder)
@@ -117,14 +137,7 @@ class MVTec3DDataset(_AnomalyDataset):
 
     def rgb_and_depth(self, idx: int) -> tuple[Image.Image, Image.Image]:
         """The item's RGB (zero where there is no depth) and depth heat map, PIL RGB ``H × W``."""
-        rgb = np.array(load_rgb(self.img_paths[idx]))
-        depth = read_depth(self.z_paths[idx])
-        if depth.shape != rgb.shape[:2]:
-            raise DatasetError(f"depth file {self.z_paths[idx]} is {depth.shape[1]}×{depth.shape[0]} (W×H) but "
-                               f"its image {self.img_paths[idx]} is {rgb.shape[1]}×{rgb.shape[0]} — prepare "
-                               "both with prepare_data/prepare_mvtec3d.py")
-        rgb[~depth_foreground(depth)] = 0
-        return Image.fromarray(rgb), Image.fromarray(depth_to_image(depth))
+        return rgb_and_depth(self.img_paths[idx], self.z_paths[idx])
 
     def __getitem__(self, idx: int) -> tuple[torch.Tensor, torch.Tensor, int, str]:
         rgb, depth = self.rgb_and_depth(idx)

@@ -12,10 +12,12 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from .cache import _ImageSource
 from .classes import MANTA_CLASSES
 from .errors import DatasetError
 from .folders import _require_dir
 from .images import _header_size, _size_mismatch, load_mask, load_rgb
+from .shared_cache import SharedCache
 
 # (split, version) of the multi-view script: Real-IAD Variety when 'Variety' is in --data_path
 VARIETY_LAYOUT = ("realiadvariety_jsons", "realiadvariety_raw")
@@ -119,12 +121,14 @@ class RealIADDatasetv2(Dataset):
     Objects are grouped by ``object_key``, in sorted key order, views in file order; an object
     whose view count differs from the others' stops with a ``DatasetError`` naming it.
     ``img_paths``/``gt_paths``/``labels`` are flat per record for single-view training, else
-    per object (lists of V).
+    per object (lists of V). ``cache_images`` (single-view training only; see
+    ``mvtec_train_set``): every image decoded and resized once, now.
     """
 
     def __init__(self, root: str | os.PathLike, category: str, transform: Callable,
                  gt_transform: Callable, phase: str, five_view_train: bool = False,
-                 split: str = "realiad_jsons", version: str = "realiad_1024") -> None:
+                 split: str = "realiad_jsons", version: str = "realiad_1024",
+                 cache_images: bool | SharedCache = False) -> None:
         if phase not in ("train", "test"):
             raise ValueError(f"phase must be 'train' or 'test', got {phase!r}")
         self.transform, self.gt_transform, self.phase = transform, gt_transform, phase
@@ -145,6 +149,7 @@ class RealIADDatasetv2(Dataset):
             self.labels = [r[2] != "OK" for r in records]
             self.gt_paths = [os.path.join(img_dir, r[1]) if label and r[1] else None
                              for r, label in zip(records, self.labels)]
+            self.images = _ImageSource(self.img_paths, transform, cache_images)
             return
         objects = _group(records, json_path)
         self.img_paths = [[os.path.join(img_dir, r[0]) for r in views] for views in objects]
@@ -191,7 +196,7 @@ class RealIADDatasetv2(Dataset):
 
     def __getitem__(self, idx: int) -> tuple:
         if self.phase == "train" and not self.five_view_train:
-            return self.transform(load_rgb(self.img_paths[idx])), np.bool_(self.labels[idx])
+            return self.images(idx), np.bool_(self.labels[idx])
         paths = self.img_paths[idx]
         if self.phase == "train":
             imgs = torch.stack([self.transform(load_rgb(p)) for p in paths])

@@ -23,6 +23,7 @@ from engine import checks, distributed
 from engine.config import DEMO, RunConfig, default_device
 from engine.errors import ArgumentParser, CheckError, exit_line, stop
 from engine.run import run
+from recipes import recipe_of
 
 
 def _flag_options(name: str, hint: object, default: object) -> dict[str, object]:
@@ -133,8 +134,8 @@ def _resolved(values: dict[str, object], defaults: RunConfig, given: set[str]) -
         raise CheckError(f"--checkpoint {values['checkpoint']} does not exist")
     if values["resume"] and values["eval_only"]:
         raise CheckError("--resume continues a training run; --eval_only trains nothing")
-    if values["dataset"] == "auto":
-        values["dataset"] = dataset.dataset_for_path(str(values["data_path"]))
+    if values["dataset"] == "auto":  # the method's rule (by default dataset.dataset_for_path)
+        values["dataset"] = recipe_of(defaults).dataset_for_path(str(values["data_path"]))
     spec = dataset.dataset_spec(str(values["dataset"]))
     if values["demo"] and (spec.layout is not dataset.MVTEC_LAYOUT or values["separate"]):
         raise CheckError("--demo is the multi-class MVTec-layout demo: python dinomaly_mvtec_uni.py --demo")

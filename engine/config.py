@@ -58,6 +58,9 @@ class RunConfig:
                                     "all (multi-class)")
     total_iters: int = setting(10_000, "training iterations (per class when class-separated)")
     batch_size: int = setting(16, "training (and evaluation) batch size")
+    eval_batch_size: int = setting(0, "evaluation batch size, in test items (objects for a "
+                                      "method evaluated on objects); 0: --batch_size",
+                                   check=(lambda v: v >= 0, "0 or more"))
     seed: int = setting(1, "seed of torch, numpy and random")
     cudnn_benchmark: bool = setting(False, "cuDNN benchmark mode (off: deterministic, the "
                                            "reference's default)")

@@ -16,6 +16,7 @@ from engine.model_source import inference_pipeline, resolve_source
 from engine.onnx_export import export_onnx
 from engine.quantize import add_int8_flags, check_int8_flags
 from engine.tool_cli import add_model_flags, check_sizes, new_parser, run_tool
+from recipes import recipe_of
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -38,6 +39,11 @@ def export(args: argparse.Namespace) -> None:
     if args.format == "openvino":
         check_out(out)
     source = resolve_source(args.checkpoint, args.class_name, args.encoder, args.image_size, args.crop_size)
+    recipe = recipe_of(source.config)
+    if recipe.input_channels != 3:
+        raise checks.CheckError(f"--checkpoint {args.checkpoint}: a {recipe.title} model takes "
+                                f"{recipe.input_channels} input channels; export.py writes models of "
+                                "RGB images (run it with predict.py --checkpoint)")
     plan = plan_int8(args, source)  # checked before the model is built
     data = None
     if source.thresholds_path is not None and source.thresholds_path.is_file():

@@ -40,7 +40,8 @@ from engine.objects import shared_file_views, shared_name_views
 
 __all__ = [
     "save_class_heatmaps", "class_scale", "format_scale", "format_number", "colorize",
-    "load_view", "render_heatmap", "render_decision", "render_histogram", "heatmap_path", "panel_origins",
+    "load_view", "render_heatmap", "render_decision", "render_histogram", "heatmap_path", "defect_folder",
+    "panel_origins",
     "canvas_size", "write_png_atomic", "OUTLINE_BGR", "HISTOGRAM_NAME", "OBJECTS_HISTOGRAM_NAME",
 ]
 
@@ -321,14 +322,25 @@ def write_png_atomic(path: Path, image: np.ndarray) -> None:
     atomic_write_bytes(path, data.tobytes())
 
 
+# folders that hold one kind of image of the samples rather than a defect's images (MVTec
+# 3D-AD: <defect>/rgb/ beside <defect>/xyz/): the defect is the folder above
+KIND_FOLDERS = frozenset({"rgb", "xyz", "z"})
+
+
+def defect_folder(img_path: str | os.PathLike) -> str:
+    """The name of the folder that says an image's defect: its parent (MVTec
+    ``<class>/test/<defect>/<file>``), or the one above a `KIND_FOLDERS` parent."""
+    parent = Path(img_path).parent
+    return parent.parent.name if parent.name in KIND_FOLDERS else parent.name
+
+
 def heatmap_path(out_dir: str | os.PathLike, class_name: str, img_path: str | os.PathLike,
                  score: float, view: int | None = None) -> Path:
-    """``<out_dir>/maps/<class>/<defect>/<stem>_score<score:.4f>.png``, where ``<defect>``
-    is the image's parent folder (MVTec ``<class>/test/<defect>/<file>``); ``view``: the
-    image is that view of its file, ``<stem>_view<view>_score…``."""
+    """``<out_dir>/maps/<class>/<defect>/<stem>_score<score:.4f>.png`` (``defect_folder``);
+    ``view``: the image is that view of its file, ``<stem>_view<view>_score…``."""
     img_path = Path(img_path)
     stem = img_path.stem if view is None else f"{img_path.stem}_view{view}"
-    return Path(out_dir) / "maps" / class_name / img_path.parent.name / f"{stem}_score{score:.4f}.png"
+    return Path(out_dir) / "maps" / class_name / defect_folder(img_path) / f"{stem}_score{score:.4f}.png"
 
 
 def _remove_stale(paths: Sequence[Path]) -> None:

@@ -170,11 +170,12 @@ class ModelTraining:
         for epoch in range(self.progress.epoch, self.epochs):
             self.model.train()
             batches, epoch_losses = self.epoch_batches(epoch, it)
-            for img, _label in batches:
+            for batch in batches:
                 # lr: set by the scheduler at the previous step (iteration 0: its first value)
                 lr = t.optimizer.param_groups[0]["lr"]
-                # forward → loss → backward → clip → step
-                loss = train_step(t, img.to(self.device, non_blocking=True), it, cfg)
+                # forward → loss → backward → clip → step (the model's input: the method's)
+                images = self.run.recipe.train_images(batch, self.device)
+                loss = train_step(t, images, it, cfg)
                 it += 1
                 epoch_losses.append(loss)
                 self.progress.losses.append(loss)

@@ -32,6 +32,7 @@ from engine.model_source import inference_pipeline, resolve_source
 from engine.openvino_export import PRECISIONS
 from engine.runtimes import RUNTIMES, open_model
 from engine.tool_cli import add_model_flags, check_sizes, finite_float, new_parser, positive_int
+from recipes import recipe_of
 
 Pipeline = Callable[[torch.Tensor], tuple[np.ndarray, np.ndarray]]  # B×3×H×W → (B×1×R×R, B)
 
@@ -117,12 +118,18 @@ def map_names(files: list[Path], base: Path) -> list[str]:
             for n, f in zip(names, files)]
 
 
-def batches(files: list[Path], image_size: int, crop_size: int, size: int) -> Iterator[tuple[int, torch.Tensor]]:
-    """(start, `B×3×crop×crop` normalised batch) over `files`, read as the test set is
-    (`dataset.load_rgb`, the test transform)."""
+def read_rgb(path: Path, transform: Callable) -> torch.Tensor:
+    return transform(dataset.load_rgb(path))
+
+
+def batches(files: list[Path], image_size: int, crop_size: int, size: int,
+            read: Callable[[Path, Callable], torch.Tensor] = read_rgb
+            ) -> Iterator[tuple[int, torch.Tensor]]:
+    """(start, `B×C×crop×crop` normalised batch) over `files`, read as the test set is (the
+    test transform; `read`: the method's reading of a file, by default `dataset.load_rgb`)."""
     transform, _ = dataset.get_data_transforms(image_size, crop_size)
     for start in range(0, len(files), size):
-        yield start, torch.stack([transform(dataset.load_rgb(f)) for f in files[start:start + size]])
+        yield start, torch.stack([read(f, transform) for f in files[start:start + size]])
 
 
 # ----------------------------------------------------------------------------- model and thresholds
@@ -135,6 +142,7 @@ class Model:
     thresholds: dict[str, object] | None
     origin: str  # where the thresholds come from, for messages
     class_name: str | None
+    read: Callable[[Path, Callable], torch.Tensor] = read_rgb  # a file -> the model's input
 
 
 def load(args: argparse.Namespace, device: str) -> tuple[Callable[[], Pipeline], Model]:
@@ -170,7 +178,8 @@ def load(args: argparse.Namespace, device: str) -> tuple[Callable[[], Pipeline],
                 maps, scores = torch_pipeline(images.to(device))
             return maps.cpu().numpy(), scores.cpu().numpy()
         return run
-    return pipeline, Model(source.image_size, source.crop_size, data, origin, args.class_name)
+    return pipeline, Model(source.image_size, source.crop_size, data, origin, args.class_name,
+                           recipe_of(source.config).read_image)
 
 
 def read_run_thresholds(path: Path) -> tuple[dict[str, object] | None, str]:
@@ -223,7 +232,7 @@ def score_images(pipeline: Pipeline, model: Model, files: list[Path], batch_size
     """The image scores of `files` (N); `on_batch(start, maps, scores)` after every batch."""
     scores = np.empty(len(files), dtype=np.float32)
     with tqdm(total=len(files), desc=desc, unit="img", file=sys.stderr, dynamic_ncols=True) as bar:
-        for start, images in batches(files, model.image_size, model.crop_size, batch_size):
+        for start, images in batches(files, model.image_size, model.crop_size, batch_size, model.read):
             maps, batch_scores = pipeline(images)
             scores[start:start + len(images)] = batch_scores
             if on_batch is not None:

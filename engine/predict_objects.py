@@ -104,7 +104,7 @@ def score_objects(pipeline: Pipeline, model: Model, objects: list[Obj], rule: Ob
     with tqdm(total=len(objects), desc=desc, unit="object", file=sys.stderr, dynamic_ncols=True) as bar:
         for k, obj in enumerate(objects):
             parts = [pipeline(images) for _, images in
-                     batches(obj.images, model.image_size, model.crop_size, batch_size)]
+                     batches(obj.images, model.image_size, model.crop_size, batch_size, model.read)]
             maps = np.concatenate([m for m, _ in parts])  # V, 1, R, R
             views = np.concatenate([s for _, s in parts])  # V
             scores[k] = float(rule(torch.from_numpy(maps)[None], torch.from_numpy(views)[None])[0])

@@ -99,7 +99,8 @@ def check_inputs(cfg: RunConfig) -> list[str]:
             dataset.check_mask_sizes(test_set)
     if cfg.eval_only:
         check_checkpoints_fit(cfg)
-    return [note for test_set in test_sets.values() for note in test_set.notes]
+    return [*getattr(train_set, "notes", []),
+            *(note for test_set in test_sets.values() for note in test_set.notes)]
 
 
 def fetch_encoder_weights(cfg: RunConfig) -> tuple[RunConfig, str | None]:

@@ -21,7 +21,7 @@ import numpy as np
 
 from engine.evaluation import Case, ClassResult, ObjectCase
 from engine.fileio import atomic_write_text
-from engine.heatmaps import heatmap_path, load_view, panel_origins, render_decision, write_png_atomic
+from engine.heatmaps import defect_folder, heatmap_path, load_view, panel_origins, render_decision, write_png_atomic
 from engine.object_pictures import ViewPicture, render_object, thumbnail_strip
 
 REPORT_DIR = "report"
@@ -45,7 +45,7 @@ def _draw_case(run_dir: Path, folder: Path, material: ClassResult, case: Case,
     image = load_view(case.path, image_size, crop_size, (h, w), case.part)
     source = Path(case.path)
     part = "" if case.view is None else f" view {case.view}"
-    title = f"{name}/{source.parent.name}/{source.stem}{part}: {KINDS[case.kind]}"
+    title = f"{name}/{defect_folder(source)}/{source.stem}{part}: {KINDS[case.kind]}"
     picture = render_decision(image, case.amap, case.score, material.thresholds.image, low, high,
                               title, case.mask)
     stem = f"{case.kind}_{case.rank}"
@@ -67,7 +67,7 @@ def _draw_object(run_dir: Path, folder: Path, material: ClassResult, case: Objec
     low, high = material.thresholds.scale
     views = [ViewPicture(v.path, v.part, v.amap, v.mask, v.score) for v in case.views]
     source = Path(case.name)
-    title = f"{material.name}/{source.parent.name}/{source.stem}: {KINDS[case.kind]}"
+    title = f"{material.name}/{defect_folder(source)}/{source.stem}: {KINDS[case.kind]}"
     picture = render_object(views, case.score, material.objects.threshold, low, high, title,
                             image_size, crop_size)
     stem = f"object_{case.kind}_{case.rank}"

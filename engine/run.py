@@ -112,7 +112,7 @@ def run_in_folder(cfg: RunConfig, argv: Sequence[str], run_dir: Path, log: RunLo
     for line in [*(f"note: {note}" for note in notes), *banner]:
         log(line)
     context = RunContext(cfg, recipe, torch.device(cfg.device), log, report, status,
-                         EvalSettings(cfg.batch_size, cfg.num_workers, cfg.eval_resolution,
+                         EvalSettings(cfg.eval_batch_size or cfg.batch_size, cfg.num_workers, cfg.eval_resolution,
                                       cfg.gt_threshold, cfg.image_size, cfg.crop_size,
                                       pooled=not cfg.separate, spec=dataclasses.replace(
                                           recipe.eval_spec(cfg),

@@ -100,7 +100,7 @@ def build_dinomaly2_rgbd(encoder_name: str, weights: str = "official", dropout: 
                          rgb_ratio: float = 0.5, add_class_token_weight: float = -1.0,
                          norm_encoder_token: bool = True, *,
                          device: str | torch.device | None = None,
-                         fused_attn: bool = True) -> DinomalyRGBD:
+                         fused_attn: bool = True, attn_eps: float = ATTN_EPS) -> DinomalyRGBD:
     """Dinomaly2's RGB + depth model as the preview code's 3D script builds it: the same
     construction and draws as `build_dinomaly2` (same rules for `weights`, `device`), the
     model a `DinomalyRGBD` with the script's arguments (the `--lc` groups on both sides,
@@ -108,7 +108,7 @@ def build_dinomaly2_rgbd(encoder_name: str, weights: str = "official", dropout: 
     The script has no `--cr` (its targets are always recentred)."""
     groups = loose_group_list(loose_groups)
     _, arch, encoder, bottleneck, decoder = _parts(encoder_name, weights, dropout,
-                                                   linear_attention, fused_attn)
+                                                   linear_attention, fused_attn, attn_eps)
     model = DinomalyRGBD(encoder, bottleneck, decoder, target_layers=list(arch.target_layers),
                          fuse_layer_encoder=groups, fuse_layer_decoder=groups,
                          add_class_token_weight=add_class_token_weight,

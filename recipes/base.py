@@ -19,6 +19,8 @@ docs/EXTENDING.md for a worked example.
 """
 from __future__ import annotations
 
+import os
+
 from collections.abc import Callable, Mapping, Sequence
 from typing import ClassVar, NamedTuple
 
@@ -62,7 +64,7 @@ def setting_differences(config: Mapping[str, object], all_classes: Sequence[str]
     out = [f"{name}: {config.get(name)!r} ({whose}: {value!r})"
            for name, value in setting.items() if config.get(name) != value]
     classes = list(config.get("classes", ()))
-    if sorted(classes) != sorted(all_classes):
+    if all_classes and sorted(classes) != sorted(all_classes):  # (none: the classes found)
         out.append(f"classes: {len(classes)} ({whose}: all {len(all_classes)})")
     return out
 
@@ -74,6 +76,7 @@ class Recipe:
     title: ClassVar[str]  # e.g. 'Dinomaly', in titles and notes
     Config: ClassVar[type[RunConfig]]  # the method's settings
     metrics: ClassVar[tuple[str, ...]] = IMAGE_AND_PIXEL_METRICS  # what an evaluation reports
+    input_channels: ClassVar[int] = 3  # of the model's input (`read_image`): RGB
 
     def build_model(self, cfg: RunConfig, device: torch.device | str,
                     weights: str | None = None) -> nn.Module:
@@ -102,6 +105,23 @@ class Recipe:
         transform, _ = dataset.get_data_transforms(cfg.image_size, cfg.crop_size)
         layout = dataset.dataset_spec(cfg.dataset).layout
         return layout.train_set(cfg.data_path, list(classes), transform, cache_images)
+
+    def train_images(self, batch: Sequence, device: torch.device) -> torch.Tensor:
+        """The model's input from a batch of the training loader, on `device`: by default
+        the batch's first member (`(img B×3×H×W, label, …)`). A method whose training items
+        hold several images (e.g. two modalities) says here how they make one batch."""
+        return batch[0].to(device, non_blocking=True)
+
+    def read_image(self, path: str | os.PathLike, transform: Callable) -> torch.Tensor:
+        """One image file as the model's input (predict.py): by default the RGB image
+        (`dataset.load_rgb`) through `transform`. A method whose input is more than the
+        image (e.g. RGB + depth) reads the rest from the dataset's layout here."""
+        return transform(dataset.load_rgb(path))
+
+    def dataset_for_path(self, data_path: str) -> str:
+        """`--dataset auto`: the registered dataset named in `data_path` (by default the
+        Dinomaly2 preview's 2D rule, `dataset.dataset_for_path`)."""
+        return dataset.dataset_for_path(data_path)
 
     def eval_spec(self, cfg: RunConfig) -> EvalSpec:
         """What the evaluation computes (`engine.eval_spec.EvalSpec`): by default `metrics`

@@ -46,6 +46,16 @@ def switch(default: int, help: str) -> dataclasses.Field:
     return setting(default, help, check=(lambda v: v in (0, 1), "0 or 1"))
 
 
+def lr_groups_setting(default: int) -> dataclasses.Field:
+    """StableAdamW's parameter groups: 3 (the preview's 2D, few-shot and MulSen scripts) or 2
+    (its multi-view and 3D scripts)."""
+    return setting(default, "StableAdamW's parameter groups: 3, the bottleneck's first layer at "
+                            "--first_layer_lr, its last layers and the decoder at --lr (the preview's "
+                            "2D, few-shot and MulSen scripts); 2, the bottleneck and the decoder at "
+                            "--lr (its multi-view and 3D scripts)",
+                   check=(lambda v: v in (2, 3), "2 or 3"))
+
+
 @dataclasses.dataclass(frozen=True)
 class Config(RunConfig):
     """Dinomaly2's settings over the run's. Defaults: the preview code's 2D script, except
@@ -92,6 +102,7 @@ class Config(RunConfig):
     first_layer_lr: float = setting(2e-4, "learning rate of the bottleneck's first layer (the "
                                           "preview's README: smaller, for stability)",
                                     check=(lambda v: v > 0, "positive"))
+    lr_groups: int = lr_groups_setting(3)
     lr_decay_ratio: float = setting(1.0, "after warm-up, cosine decay to lr × this (1: constant "
                                          "lr, the preview's default)",
                                     check=(lambda v: v >= 0, "0 or more"))
@@ -163,10 +174,12 @@ class Dinomaly2(TopRatioScore, Recipe):
             device=device, fused_attn=cfg.fused_attn, attn_eps=cfg.attn_eps)
 
     def optimization(self, model: nn.Module, cfg: Config) -> Optimization:
-        """The preview's groups and order: bottleneck[0], bottleneck[1], decoder; clipping
-        over bottleneck then decoder (its `ModuleList([bottleneck, decoder])`)."""
+        """The preview's groups and order: bottleneck[0], bottleneck[1], decoder (or, with
+        `lr_groups` 2, bottleneck, decoder); clipping over bottleneck then decoder (its
+        `ModuleList([bottleneck, decoder])`)."""
         optimizer = utils.dinomaly2_optimizer(
-            model, lr=cfg.lr, first_layer_lr=cfg.first_layer_lr, betas=cfg.betas, eps=cfg.eps,
+            model, lr=cfg.lr, first_layer_lr=cfg.first_layer_lr if cfg.lr_groups == 3 else None,
+            betas=cfg.betas, eps=cfg.eps,
             weight_decay=cfg.weight_decay, amsgrad=cfg.amsgrad, skip_nonfinite=True)
         # sets the lr of iteration 0 (0: warm-up) now, and of iteration i+1 at each step()
         scheduler = utils.WarmupCosineScheduler(optimizer, cfg.warmup_iters, cfg.total_iters,

@@ -1,10 +1,12 @@
-"""Helper of test_dinomaly2_speed.py: dinomaly2_fewshot.py's trainer alone or under torchrun,
+"""Helper of test_dinomaly2_speed.py and test_fullspectrum_runs.py: dinomaly2_fewshot.py's
+trainer (or the script named by `$DDP_TEST_SCRIPT`, e.g. dinomaly2_mulsen) alone or under torchrun,
 recording the loss this process computes at every step into `$DDP_TEST_OUT/losses_rank<RANK>.json`
 (hard mining at full strength from the second step: `--ll_ramp_iters 1` in the arguments).
 
     python tests/dinomaly2_ddp_run.py <trainer arguments>
     python -m torch.distributed.run --nproc_per_node=2 ... tests/dinomaly2_ddp_run.py <trainer arguments>
 """
+import importlib
 import json
 import os
 import sys
@@ -13,7 +15,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import engine.cli  # noqa: E402
 import utils  # noqa: E402
-from dinomaly2_fewshot import config  # noqa: E402
 
 
 def main() -> None:
@@ -26,7 +27,8 @@ def main() -> None:
         return loss
 
     utils.global_cosine_hm_percent = recording  # the recipe's loss calls it through `utils.`
-    engine.cli.main(config, sys.argv[1:])
+    script = importlib.import_module(os.environ.get("DDP_TEST_SCRIPT", "dinomaly2_fewshot"))
+    engine.cli.main(script.config, sys.argv[1:])
     out, rank = Path(os.environ["DDP_TEST_OUT"]), os.environ.get("RANK", "0")
     (out / f"losses_rank{rank}.json").write_text(json.dumps(losses))
 

@@ -150,20 +150,28 @@ def _pro_up_to(fpr, pro, limit):
 
 
 def reference_training_loop(model, optimizer, lr_scheduler, train_dataloader, test_data_list,
-                            total_iters: int, every: int, batch_size: int):
+                            total_iters: int, every: int, batch_size: int,
+                            model_input=lambda batch: batch[0], evaluate=None,
+                            evaluate_last: bool = True):
     """The training loop of the reference's scripts (Dinomaly's dinomaly_mvtec_uni.py, the
-    Dinomaly2 preview's dinomaly_2D.py: the same loop), abridged only in the printing: epochs
-    over the re-iterated loader, hard-mining p ramped over 1000 iterations, clip 0.1, an
-    evaluation of every class every `every` iterations. Returns the model's state_dict."""
+    Dinomaly2 preview's dinomaly_2D.py and its other scripts: the same loop), abridged only in
+    the printing: epochs over the re-iterated loader, hard-mining p ramped over 1000
+    iterations, clip 0.1, an evaluation of every class every `every` iterations (`evaluate
+    (model, loader)`: by default `evaluation_batch`). `model_input(batch)`: what the model is
+    called on (the MulSen script: `cat([rgb, ir])`). `evaluate_last=False` skips the
+    evaluation after the last step (it changes no weight). Returns the model's state_dict."""
     import utils
     from torch import nn
     from torch.utils.data import DataLoader
+    if evaluate is None:
+        def evaluate(model, loader):
+            return utils.evaluation_batch(model, loader, "cpu", max_ratio=0.01, resize_mask=256)
     trainable = nn.ModuleList([model.bottleneck, model.decoder])
     it = 0
     for epoch in range(int(np.ceil(total_iters / len(train_dataloader)))):
         model.train()
-        for img, label in train_dataloader:
-            en, de = model(img)
+        for batch in train_dataloader:
+            en, de = model(model_input(batch))
             p = min(0.9 * it / 1000, 0.9)
             loss = utils.global_cosine_hm_percent(en, de, p=p, factor=0.1)
             optimizer.zero_grad()
@@ -171,12 +179,11 @@ def reference_training_loop(model, optimizer, lr_scheduler, train_dataloader, te
             nn.utils.clip_grad_norm_(trainable.parameters(), max_norm=0.1)
             optimizer.step()
             lr_scheduler.step()
-            if (it + 1) % every == 0:
+            if (it + 1) % every == 0 and (evaluate_last or it + 1 < total_iters):
                 for test_data in test_data_list:
                     test_dataloader = DataLoader(test_data, batch_size=batch_size, shuffle=False,
                                                  num_workers=0)
-                    utils.evaluation_batch(model, test_dataloader, "cpu", max_ratio=0.01,
-                                           resize_mask=256)
+                    evaluate(model, test_dataloader)
                 model.train()
             it += 1
             if it == total_iters:
@@ -254,3 +261,17 @@ def assert_forward_equals(model, x, expected, shape) -> None:
     en, de = model(x)
     assert [e.shape for e in en + de] == [shape] * (len(en) + len(de))
     assert_maps_close(en + de, sum(expected, []))
+
+
+def assert_trained_like(ours_path, reference: dict, encoder: str) -> None:
+    """The model.pth at `ours_path` equals the `reference` state_dict to the bit, and the
+    reference moved away from a fresh Dinomaly2 build (no comparison of two initial states)."""
+    import models
+    import utils
+    ours = torch.load(ours_path, weights_only=True)
+    assert ours.keys() == reference.keys()
+    changed = [k for k in ours if not torch.equal(ours[k], reference[k])]
+    assert not changed, changed[:5]
+    utils.setup_seed(1)
+    fresh = models.build_dinomaly2(encoder, "random").state_dict()
+    assert not torch.equal(fresh["decoder.0.attn.qkv.weight"], reference["decoder.0.attn.qkv.weight"])

@@ -15,7 +15,7 @@ SEED = 1
 NAME = "dinov2reg_vit_small_14"
 
 
-def preview_dinomaly2(name: str, device: str = "cpu") -> nn.Module:
+def preview_dinomaly2(name: str, device: str = "cpu", dropout: float = 0.4) -> nn.Module:
     """The preview's 2D script: the loader (DINOv1 ViT built and dropped, the DINOv2 ViT),
     bottleneck `[Sequential(Linear(C, 256), Dropout), Sequential(Linear(256, 4C), GELU,
     Dropout, Linear(4C, C), Dropout)]`, 8 decoder blocks, `.to(device)`, then
@@ -26,9 +26,9 @@ def preview_dinomaly2(name: str, device: str = "cpu") -> nn.Module:
     dinov1_vit(size)  # discarded
     encoder = dinov2_vit(size, registers=name.startswith("dinov2reg"))
     bottleneck = nn.ModuleList([
-        nn.Sequential(nn.Linear(dim, 256), nn.Dropout(0.4)),
-        nn.Sequential(nn.Linear(256, 4 * dim), nn.GELU(), nn.Dropout(0.4), nn.Linear(4 * dim, dim),
-                      nn.Dropout(0.4))])
+        nn.Sequential(nn.Linear(dim, 256), nn.Dropout(dropout)),
+        nn.Sequential(nn.Linear(256, 4 * dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(4 * dim, dim),
+                      nn.Dropout(dropout))])
     decoder = nn.ModuleList(vit_block(dim, eps=1e-8) for _ in range(8))
     model = module(encoder=encoder, bottleneck=bottleneck, decoder=decoder).to(device)
     reference_init_(list(bottleneck.modules()) + list(decoder.modules()))

@@ -87,10 +87,11 @@ def test_dinov3_encoder(data, tmp_path):
     assert len(lines) == 1
 
 
-def launch(args: list[str], processes: int, out: Path) -> subprocess.CompletedProcess:
+def launch(args: list[str], processes: int, out: Path,
+           script: str = "dinomaly2_fewshot") -> subprocess.CompletedProcess:
     out.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "DDP_TEST_OUT": str(out), "GLOO_SOCKET_IFNAME": "lo",
-           "OMP_NUM_THREADS": "1"}
+           "OMP_NUM_THREADS": "1", "DDP_TEST_SCRIPT": script}
     cmd = [sys.executable, str(HELPER), *args]
     if processes > 1:
         with socket.socket() as s:
