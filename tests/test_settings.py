@@ -34,17 +34,25 @@ def sample(name: str, hint: object, current: object, tmp_path: Path) -> tuple[li
         "gt_threshold": (["0.5"], 0.5), "spike_factor": (["4"], 4.0),
         # Dinomaly2's 0/1 switches and its fusion groups (the values it defines)
         "la": (["0"], 0), "cr": (["0"], 0), "ll": (["0"], 0), "lc": (["14"], 14),
+        "pixel_metrics": (["exact"], "exact"),
         # a path naming its dataset (--dataset auto finds the class list there)
         "data_path": (["../my_mvtec"], "../my_mvtec"),
     }
     if name in special:
         return special[name]
+    if name == "lr_groups":  # Dinomaly2's 2 or 3 parameter groups: the other one
+        return [str(5 - current)], 5 - current
     if hint is int:
         return [str(current + 3)], current + 3
     if hint is float:
         value = current / 2 if current else 0.125
         return [repr(value)], value
     return ["some_value"], "some_value"
+
+
+# --classes: a script whose default --data_path is not here (the multi-view one) would look
+# for its classes there; a later --classes overrides it
+BASE = ["--device", "cpu", "--classes", "a"]
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
@@ -61,16 +69,16 @@ def test_every_setting_parses_under_its_own_name(script, tmp_path):
             if name in ("eval_only", "demo", "resume"):
                 continue  # combinations, below
             for argv, value in (([f"--{name}"], True), ([f"--no-{name}"], False)):
-                assert getattr(parse_args(defaults, ["--device", "cpu", *argv]), name) == value
+                assert getattr(parse_args(defaults, [*BASE, *argv]), name) == value
             continue
         if name == "checkpoint":
-            cfg = parse_args(defaults, ["--device", "cpu", "--eval_only", "--checkpoint", str(checkpoint)])
+            cfg = parse_args(defaults, [*BASE, "--eval_only", "--checkpoint", str(checkpoint)])
             assert (cfg.checkpoint, cfg.eval_only) == (str(checkpoint), True)
             continue
         argv, value = sample(name, hint, getattr(defaults, name), tmp_path)
-        cfg = parse_args(defaults, ["--device", "cpu", f"--{name}", *argv])
+        cfg = parse_args(defaults, [*BASE, f"--{name}", *argv])
         assert getattr(cfg, name) == value, (script, name)
-    assert parse_args(defaults, ["--device", "cpu", "--resume"]).resume
+    assert parse_args(defaults, [*BASE, "--resume"]).resume
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
@@ -82,4 +90,4 @@ def test_every_setting_of_the_script_is_in_its_help(script, capsys):
     for field in dataclasses.fields(defaults):
         assert f"--{field.name}" in text, (script, field.name)
     assert "--explicit_attn" in text  # the old name of --no-fused_attn still works
-    assert not parse_args(defaults, ["--device", "cpu", "--explicit_attn"]).fused_attn
+    assert not parse_args(defaults, [*BASE, "--explicit_attn"]).fused_attn
