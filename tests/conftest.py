@@ -70,3 +70,19 @@ def pytest_collection_modifyitems(config, items):
             if "cuda" in str(mark.kwargs.get("reason", "")).lower():
                 item.add_marker(pytest.mark.cuda)
                 break
+
+
+@pytest.fixture(autouse=True)
+def default_sigchld():
+    """Every test starts and ends with the default SIGCHLD disposition. A DataLoader with
+    loader processes installs a SIGCHLD handler in this process (torch's worker watchdog) and
+    leaves it for the rest of the session. With it left there, the whole session was killed
+    by a kernel-raised SIGSEGV (no Python traceback) when a later test's subprocesses exited
+    (test_objects_run's torchrun test, every time, only after many other tests); without it,
+    never. Our guess at the cause: the signal could not be delivered to a thread whose CPU
+    state had grown (AMX tiles used by OpenVINO / oneDNN kernels on this CPU). A run's own
+    process is not affected: it ends with its loaders."""
+    import signal
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    yield
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
