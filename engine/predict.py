@@ -33,6 +33,7 @@ from engine.openvino_export import PRECISIONS
 from engine.runtimes import RUNTIMES, open_model
 from engine.tool_cli import add_model_flags, check_sizes, finite_float, new_parser, positive_int
 from recipes import recipe_of
+from recipes.base import read_rgb
 
 Pipeline = Callable[[torch.Tensor], tuple[np.ndarray, np.ndarray]]  # B×3×H×W → (B×1×R×R, B)
 
@@ -116,10 +117,6 @@ def map_names(files: list[Path], base: Path) -> list[str]:
     taken = {n: names.count(n) for n in names}
     return [n if taken[n] == 1 else f"{n[:-4]}_{f.suffix.lstrip('.').lower()}.png"
             for n, f in zip(names, files)]
-
-
-def read_rgb(path: Path, transform: Callable) -> torch.Tensor:
-    return transform(dataset.load_rgb(path))
 
 
 def batches(files: list[Path], image_size: int, crop_size: int, size: int,

@@ -37,7 +37,7 @@ from engine.config import RunConfig
 from engine.data import build_datasets
 from engine.model_source import ModelSource, read_run_config
 from engine.errors import ExportError
-from engine.predict import list_images
+from engine.predict import list_images, read_rgb
 from engine.tool_cli import finite_float, positive_int
 
 CALIBRATION_SIZE = 300  # images (NNCF's default subset)
@@ -145,7 +145,7 @@ def outside_detector(onnx_proto, model) -> list[str]:
 def image_loader(image_size: int, crop_size: int) -> Callable[[str], np.ndarray]:
     """path → `1×3×crop×crop` float32, read as predict.py reads an image."""
     transform, _ = dataset.get_data_transforms(image_size, crop_size)
-    return lambda path: transform(dataset.load_rgb(path)).unsqueeze(0).numpy()
+    return lambda path: read_rgb(path, transform).unsqueeze(0).numpy()
 
 
 def quantize(fp32_model, onnx_proto, samples: Sequence[Any], load: Callable[[Any], np.ndarray]):

@@ -20,7 +20,6 @@ docs/EXTENDING.md for a worked example.
 from __future__ import annotations
 
 import os
-
 from collections.abc import Callable, Mapping, Sequence
 from typing import ClassVar, NamedTuple
 
@@ -67,6 +66,11 @@ def setting_differences(config: Mapping[str, object], all_classes: Sequence[str]
     if all_classes and sorted(classes) != sorted(all_classes):  # (none: the classes found)
         out.append(f"classes: {len(classes)} ({whose}: all {len(all_classes)})")
     return out
+
+
+def read_rgb(path: str | os.PathLike, transform: Callable) -> torch.Tensor:
+    """An image file as the test set reads it: `dataset.load_rgb`, then `transform`."""
+    return transform(dataset.load_rgb(path))
 
 
 class Recipe:
@@ -116,7 +120,7 @@ class Recipe:
         """One image file as the model's input (predict.py): by default the RGB image
         (`dataset.load_rgb`) through `transform`. A method whose input is more than the
         image (e.g. RGB + depth) reads the rest from the dataset's layout here."""
-        return transform(dataset.load_rgb(path))
+        return read_rgb(path, transform)
 
     def dataset_for_path(self, data_path: str) -> str:
         """`--dataset auto`: the registered dataset named in `data_path` (by default the

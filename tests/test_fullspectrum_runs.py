@@ -23,6 +23,7 @@ from engine.cli import main
 from engine.eval_spec import IMAGE_AND_PIXEL_METRICS, MULTIVIEW_METRICS
 from engine.export import main as export_main
 from engine.predict_command import main as predict_main
+from recipes import get_recipe
 from test_dinomaly2_runs import Killed, kill_at_checkpoint, same_weights, state
 from test_dinomaly2_speed import launch, losses, trainable
 from test_fullspectrum_loops import mulsen_data, mvtec3d_data, two_view_records
@@ -110,10 +111,8 @@ def test_mulsen_run_writes_the_sample_level_and_each_modality(tmp_path):
 
 
 def test_mulsen_training_batch_is_rgb_then_infrared():
-    recipe = dinomaly2_mulsen.Config().METHOD
-    from recipes import get_recipe
     rgb, ir = torch.rand(2, 3, 4, 4), torch.rand(2, 3, 4, 4)
-    images = get_recipe(recipe).train_images(((rgb, ir), torch.zeros(2)), torch.device("cpu"))
+    images = get_recipe(dinomaly2_mulsen.Config.METHOD).train_images(((rgb, ir), torch.zeros(2)), torch.device("cpu"))
     assert torch.equal(images, torch.cat([rgb, ir]))
 
 
