@@ -1,6 +1,6 @@
 """Dinomaly2 on RGB + depth, multi-class: one model for the ten MVTec 3D-AD classes, each
 image's depth rendered as a heat map beside its RGB (the preview code's dinomaly_mvtec3d.py).
-Prepare the data first: python prepare_data/prepare_mvtec3d.py --src ../mvtec_3d_raw --dst ../mvtec_3d
+Prepare the data first: python prepare_data/prepare_mvtec3d.py --data-folder ../mvtec_3d_anomaly_detection --save-folder ../mvtec_3d
 
     python dinomaly2_mvtec3d.py --data_path ../mvtec_3d
     python dinomaly2_mvtec3d.py --data_path ../mvtec_3d --image_size 448 --crop_size 392   # the preview's README
